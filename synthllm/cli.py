@@ -1,0 +1,75 @@
+"""The ``synthllm`` command line: every flow, ad hoc, on any store."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+app = typer.Typer(help="Turn pre-training corpora into diverse synthetic QA datasets (SynthLLM).", no_args_is_help=True)
+console = Console()
+
+StoreOption = Annotated[str | None, typer.Option("--store", help="Store URL: a folder or s3://bucket/prefix.")]
+ConfigOption = Annotated[str | None, typer.Option("--config", help="YAML or TOML settings file.")]
+
+
+def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print(f"[bold]{title}[/]: none")
+        return
+    table = Table(title=title, title_justify="left")
+    for column in rows[0]:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*[_cell(v) for v in row.values()])
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@app.command()
+def ingest(
+    sources: Annotated[list[str], typer.Argument(help="JSONL, JSONL.gz or Parquet: paths, globs, s3:// URLs.")],
+    store: StoreOption = None,
+    config: ConfigOption = None,
+    id_field: Annotated[str | None, typer.Option(help="Field holding the document id.")] = None,
+    text_field: Annotated[str | None, typer.Option(help="Field holding the document text.")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="Records per shard.")] = None,
+) -> None:
+    """Ingest a corpus into the documents table; bad records go to the failures table."""
+    from flows.ingest import ingest_flow
+
+    totals = ingest_flow(sources, store=store, config=config, id_field=id_field, text_field=text_field,
+                         shard_size=shard_size)
+    _print_table("ingest", [totals])
+
+
+@app.command()
+def status(
+    store: StoreOption = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Row counts per table, failures by reason, recent runs, LLM token usage."""
+    from synthllm.settings import load_settings
+    from synthllm.status import store_status
+    from synthllm.store import Store
+
+    report = store_status(Store(load_settings(config, store=store).store))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    console.print(f"[bold]store[/]: {report['store']}")
+    _print_table("tables", [{"table": k, "rows": v} for k, v in report["tables"].items()])
+    _print_table("failures", report["failures"])
+    _print_table("runs", report["runs"])
+    _print_table("llm usage", report["llm_usage"])

@@ -1,0 +1,116 @@
+"""Run records and the failures table: what ran, with which parameters, and what it could not do."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from synthllm.settings import Settings
+from synthllm.store import Store
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_run_id() -> str:
+    """The Prefect flow-run id when called inside a flow run, else a fresh uuid."""
+    try:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            return str(flow_run.id)
+    except Exception:  # noqa: BLE001 - outside Prefect there is simply no flow run
+        pass
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One item a stage could not process, kept whole so nothing is lost."""
+
+    stage: str
+    item_id: str | None
+    reason: str
+    detail: str = ""
+    raw: str | None = None
+    source: str | None = None
+
+
+def failure_rows(failures: list[Failure], shard_id: str, run_id: str) -> list[dict[str, Any]]:
+    now = utcnow()
+    return [
+        {
+            "stage": f.stage,
+            "item_id": f.item_id,
+            "reason": f.reason,
+            "detail": f.detail,
+            "raw": f.raw,
+            "source": f.source,
+            "shard_id": shard_id,
+            "run_id": run_id,
+            "created_at": now,
+        }
+        for f in failures
+    ]
+
+
+def write_failures(store: Store, stage: str, shard_id: str, run_id: str, failures: list[Failure]) -> int:
+    """Failures of one shard go to their own shard (replaced on rerun, never duplicated)."""
+    failure_shard = f"{stage}-{shard_id}"
+    if not failures:
+        if store.has_shard("failures", failure_shard):
+            store.fs.rm(store.shard_path("failures", failure_shard))
+        return 0
+    return store.write_shard("failures", failure_shard, failure_rows(failures, failure_shard, run_id))
+
+
+def public_params(settings: Settings, **flow_params: Any) -> str:
+    """Settings and parameters as JSON, with secrets masked (pydantic SecretStr dumps as ***)."""
+    return json.dumps(
+        {"settings": json.loads(settings.model_dump_json()), "params": flow_params}, sort_keys=True, default=str
+    )
+
+
+def record_run_event(
+    store: Store,
+    run_id: str,
+    flow: str,
+    event: str,
+    params_json: str | None = None,
+    summary: dict[str, Any] | None = None,
+) -> None:
+    store.write_shard(
+        "runs",
+        f"{run_id}-{flow}-{event}",
+        [
+            {
+                "run_id": run_id,
+                "flow": flow,
+                "event": event,
+                "event_at": utcnow(),
+                "params_json": params_json,
+                "summary_json": json.dumps(summary, default=str) if summary is not None else None,
+            }
+        ],
+    )
+
+
+@contextmanager
+def recorded_run(store: Store, flow: str, params_json: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Record started / finished (with the summary the body fills in) / failed for one flow run."""
+    run_id = new_run_id()
+    summary: dict[str, Any] = {}
+    record_run_event(store, run_id, flow, "started", params_json)
+    try:
+        yield run_id, summary
+    except BaseException as exc:
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        record_run_event(store, run_id, flow, "failed", params_json, summary)
+        raise
+    record_run_event(store, run_id, flow, "finished", params_json, summary)

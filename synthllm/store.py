@@ -1,0 +1,254 @@
+"""The store: Parquet shards in a local folder or on S3, DuckDB views over them as the catalog.
+
+Layout under the store URL::
+
+    tables/<table>/<shard_id>.parquet   one immutable shard per unit of work
+    cache/<namespace>/part-*.parquet    LLM response cache (see synthllm.engines.cache)
+    reports/ exports/ models/           files a flow publishes
+
+Parallel tasks write whole shards (written to a temporary name, then moved into place, so a
+reader never sees half a shard); a shard's existence is what marks its work done. Readers open
+an in-process DuckDB connection whose views cover every shard of every table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from functools import cached_property
+from typing import Any
+
+import duckdb
+import fsspec
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthllm.resources import read_sql
+from synthllm.settings import StoreSettings
+
+_SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
+_CREATE_TABLE = re.compile(r"CREATE TABLE\s+(\w+)", re.IGNORECASE)
+
+
+class StoreError(RuntimeError):
+    """The store cannot be reached or holds something unexpected."""
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Hex digest of JSON-serialised parts: deterministic ids for shards, rows and cache keys."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
+
+
+class TableSchemas:
+    """Arrow schemas of the tables declared in ``sql/schema.sql``."""
+
+    def __init__(self, ddl: str) -> None:
+        self.ddl = ddl
+        con = duckdb.connect()
+        con.execute(ddl)
+        self.names = _CREATE_TABLE.findall(ddl)
+        self.arrow = {name: con.sql(f"SELECT * FROM {name} LIMIT 0").to_arrow_table().schema for name in self.names}
+        con.close()
+
+    def __getitem__(self, table: str) -> pa.Schema:
+        try:
+            return self.arrow[table]
+        except KeyError:
+            raise StoreError(f"unknown table {table!r}; tables: {', '.join(self.names)}") from None
+
+
+_SCHEMAS: TableSchemas | None = None
+
+
+def schemas() -> TableSchemas:
+    global _SCHEMAS
+    if _SCHEMAS is None:
+        _SCHEMAS = TableSchemas(read_sql("schema.sql"))
+    return _SCHEMAS
+
+
+def conform(table: str, rows: pl.DataFrame | pa.Table | list[dict[str, Any]]) -> pa.Table:
+    """Cast rows to the table's schema: missing nullable columns become NULL, extras are an error."""
+    schema = schemas()[table]
+    if isinstance(rows, list):
+        data = pa.Table.from_pylist(rows) if rows else pa.Table.from_pylist([], schema=schema)
+    elif isinstance(rows, pl.DataFrame):
+        data = rows.to_arrow()
+    else:
+        data = rows
+    extra = set(data.column_names) - set(schema.names)
+    if extra:
+        raise StoreError(f"{table}: columns not in sql/schema.sql: {sorted(extra)}")
+    columns = []
+    for field in schema:
+        if field.name in data.column_names:
+            column = data.column(field.name)
+            if pa.types.is_large_string(column.type) and pa.types.is_string(field.type):
+                column = column.cast(pa.string())
+            columns.append(column.cast(field.type))
+        elif field.nullable:
+            columns.append(pa.nulls(data.num_rows, type=field.type))
+        else:
+            raise StoreError(f"{table}: required column {field.name!r} missing")
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class Store:
+    """A store URL opened through fsspec. Cheap to create; picklable by its settings."""
+
+    def __init__(self, settings: StoreSettings | str) -> None:
+        self.settings = StoreSettings(url=settings) if isinstance(settings, str) else settings
+        self.url = self.settings.url.rstrip("/")
+        self.is_s3 = self.url.startswith("s3://")
+
+    def __reduce__(self):
+        return (Store, (self.settings,))
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    @cached_property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        if self.is_s3:
+            client_kwargs = {}
+            if self.settings.s3_endpoint_url:
+                client_kwargs["endpoint_url"] = self.settings.s3_endpoint_url
+            if self.settings.s3_region:
+                client_kwargs["region_name"] = self.settings.s3_region
+            return fsspec.filesystem("s3", client_kwargs=client_kwargs, skip_instance_cache=True)
+        fs = fsspec.filesystem("file")
+        fs.makedirs(self.url, exist_ok=True)
+        return fs
+
+    # ----------------------------------------------------------------- paths and files
+    def path(self, *parts: str) -> str:
+        return "/".join([self.url, *[p.strip("/") for p in parts]])
+
+    def check_reachable(self) -> None:
+        """Fail early with a clear message when the bucket or folder cannot be used."""
+        try:
+            if self.is_s3:
+                bucket = self.url.removeprefix("s3://").split("/", 1)[0]
+                self.fs.ls(bucket)
+            else:
+                self.fs.makedirs(self.url, exist_ok=True)
+        except Exception as exc:  # noqa: BLE001 - any backend error means unreachable
+            raise StoreError(f"store {self.url} is unreachable: {type(exc).__name__}: {exc}") from exc
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a whole file atomically (local: temp + rename; S3 PUT is atomic)."""
+        if self.is_s3:
+            self.fs.pipe_file(path, data)
+            return
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+        self.fs.pipe_file(tmp, data)
+        self.fs.mv(tmp, path)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def write_text(self, path: str, text: str) -> None:
+        self.write_bytes(path, text.encode("utf-8"))
+
+    def glob(self, pattern: str) -> list[str]:
+        found = self.fs.glob(pattern)
+        return sorted(f"s3://{p}" if self.is_s3 and not p.startswith("s3://") else p for p in found)
+
+    def write_parquet(self, path: str, table: pa.Table) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        self.write_bytes(path, buffer.getvalue())
+
+    def read_parquet_files(self, paths: Iterable[str], schema: pa.Schema | None = None) -> pa.Table:
+        tables = [pq.read_table(io.BytesIO(self.read_bytes(p))) for p in paths]
+        if not tables:
+            return schema.empty_table() if schema is not None else pa.table({})
+        return pa.concat_tables(tables, promote_options="default")
+
+    # ----------------------------------------------------------------- table shards
+    def shard_path(self, table: str, shard_id: str) -> str:
+        if not _SHARD_ID.match(shard_id):
+            raise StoreError(f"invalid shard id {shard_id!r}")
+        schemas()[table]
+        return self.path("tables", table, f"{shard_id}.parquet")
+
+    def has_shard(self, table: str, shard_id: str) -> bool:
+        return self.exists(self.shard_path(table, shard_id))
+
+    def shard_ids(self, table: str) -> set[str]:
+        return {p.rsplit("/", 1)[1].removesuffix(".parquet") for p in self.table_files(table)}
+
+    def table_files(self, table: str) -> list[str]:
+        schemas()[table]
+        return self.glob(self.path("tables", table, "*.parquet"))
+
+    def write_shard(self, table: str, shard_id: str, rows: pl.DataFrame | pa.Table | list[dict]) -> int:
+        """Write (or replace) one shard of a table; returns the row count."""
+        data = conform(table, rows)
+        self.write_parquet(self.shard_path(table, shard_id), data)
+        return data.num_rows
+
+    def read_table(self, table: str, shard_ids: Iterable[str] | None = None) -> pl.DataFrame:
+        """A whole table (or some shards of it) as a polars DataFrame."""
+        paths = (
+            [self.shard_path(table, s) for s in shard_ids] if shard_ids is not None else self.table_files(table)
+        )
+        return pl.from_arrow(self.read_parquet_files(paths, schemas()[table]))  # type: ignore[return-value]
+
+    # ----------------------------------------------------------------- DuckDB catalog
+    def connect(self, tables: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB whose views cover every shard (or an empty typed table)."""
+        con = duckdb.connect()
+        if self.is_s3:
+            con.register_filesystem(self.fs)
+        names = list(tables) if tables is not None else schemas().names
+        for name in names:
+            files = self.table_files(name)
+            if files:
+                file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                con.execute(
+                    f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{file_list}], union_by_name = true)"
+                )
+            else:
+                con.register(f"_{name}_empty", schemas()[name].empty_table())
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+        return con
+
+    def query(self, sql: str, params: list | None = None, tables: Iterable[str] | None = None) -> pl.DataFrame:
+        con = self.connect(tables)
+        try:
+            return con.sql(sql, params=params or None).pl()
+        finally:
+            con.close()
+
+    def write_catalog(self) -> str | None:
+        """Persist the views into ``catalog.duckdb`` (local stores) for the duckdb CLI and notebooks."""
+        if self.is_s3:
+            return None
+        target = self.path("catalog.duckdb")
+        tmp = self.path(f".catalog-{uuid.uuid4().hex}.duckdb")
+        con = duckdb.connect(tmp)
+        try:
+            con.execute(schemas().ddl.replace("CREATE TABLE ", "CREATE TABLE _empty_"))
+            for name in schemas().names:
+                files = self.table_files(name)
+                if files:
+                    glob = self.path("tables", name, "*.parquet")
+                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+                else:
+                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name}")
+        finally:
+            con.close()
+        self.fs.mv(tmp, target)
+        return target
