@@ -40,7 +40,10 @@ CREATE TABLE documents (
     ingested_at  TIMESTAMP NOT NULL
 );
 
--- Stage 1: reference filtering. One row per document per round that scored it.
+-- Stage 1: reference filtering. One row per judgement of a document in a round: rater rows
+-- (llm_rating set, classifier_score NULL, kept = the rater's verdict) for the rated sample, and
+-- classifier rows (classifier_score set, kept = the filter's decision) for every document.
+-- Shard ids start with r<round>-. The kept set: sql/reference_documents.sql.
 CREATE TABLE document_scores (
     doc_id       VARCHAR NOT NULL,
     round        INTEGER NOT NULL,

@@ -15,8 +15,25 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 app = typer.Typer(help="Turn pre-training corpora into diverse synthetic QA datasets (SynthLLM).", no_args_is_help=True)
 console = Console()
 
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a setting: dotted.key=value (YAML value), repeatable."),
+]
 StoreOption = Annotated[str | None, typer.Option("--store", help="Store URL: a folder or s3://bucket/prefix.")]
 ConfigOption = Annotated[str | None, typer.Option("--config", help="YAML or TOML settings file.")]
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``generation.max_documents=10`` -> {"generation.max_documents": 10} (values parsed as YAML)."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--set expects dotted.key=value, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
 
 
 def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -73,3 +90,38 @@ def status(
     _print_table("failures", report["failures"])
     _print_table("runs", report["runs"])
     _print_table("llm usage", report["llm_usage"])
+
+
+@app.command()
+def synthesize(store: StoreOption = None, config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Concepts, concept graph, level 1/2/3 questions and answers, on the store's documents."""
+    from flows.synthesize import synthesize_with_runner
+
+    summary = synthesize_with_runner(store=store, config=config, overrides=parse_overrides(overrides))
+    _print_table("synthesize", summary.get("stages", []))
+
+
+@app.command(name="filter")
+def filter_references(store: StoreOption = None, config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Stage 1: rate a sample with the LLM, train the classifier, keep the reference documents."""
+    from flows.filter_references import filter_references_flow
+
+    summary = filter_references_flow(store=store, config=config, overrides=parse_overrides(overrides))
+    _print_table("filter", [summary] if isinstance(summary, dict) else summary)
+
+
+@app.command()
+def run(
+    sources: Annotated[list[str] | None, typer.Argument(help="Corpus files to ingest first (optional).")] = None,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    export_name: Annotated[str, typer.Option(help="Name of the exported dataset.")] = "default",
+) -> None:
+    """The whole pipeline: ingest, filter, synthesize, curate, export."""
+    from flows.synthesize import run_pipeline_flow
+
+    result = run_pipeline_flow(sources=sources or None, store=store, config=config,
+                               overrides=parse_overrides(overrides), export_name=export_name)
+    _print_table("synthesize", result["synthesize"].get("stages", []))
+    console.print(f"[bold]dataset[/]: {result.get('export')}")

@@ -40,6 +40,10 @@ class EngineSettings(BaseModel):
     max_concurrency: int = Field(64, ge=1)
     request_timeout_s: float = Field(120.0, gt=0)
     max_http_retries: int = Field(5, ge=0)
+    http_backoff_s: float = Field(0.5, gt=0)  # first retry delay; doubles per retry, with jitter
+    # how schema output is asked for: "json_schema" (OpenAI, vLLM, llama.cpp's llama-server) or
+    # "json_object" with a "schema" key (llama-cpp-python's server)
+    json_response_format: Literal["json_schema", "json_object"] = "json_schema"
     # llamacpp backend
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = None
@@ -134,13 +138,17 @@ class CurationSettings(BaseModel):
     benchmarks: list[str] = Field(default_factory=lambda: ["builtin:gsm8k", "builtin:math"])
     embedding_batch_size: int = Field(256, ge=1)
     similar_threshold: float = Field(0.8, ge=0, le=1)
+    # diversity report: embed at most this many same-source groups per level (None: all)
+    diversity_max_groups: int | None = Field(2000, ge=1)
 
 
 class OrchestrationSettings(BaseModel):
     task_runner: Literal["thread", "dask", "ray"] = "thread"
     task_workers: int = Field(2, ge=1)
     ray_address: str | None = None
-    gpu_concurrency_limit: str = "gpu"
+    # Name of a Prefect global concurrency limit held by every engine shard (create it with
+    # `prefect gcl create gpu --limit <GPUs>`); None: no limit (laptop, ephemeral API).
+    gpu_concurrency_limit: str | None = None
     task_retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(10.0, ge=0)
 

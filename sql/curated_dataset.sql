@@ -1,0 +1,47 @@
+-- The curated QA set: questions kept by every curation check that ran on them, joined with their
+-- answer (the latest when a question was answered more than once).
+-- $1 min_agreement: answers with a lower self-consistency confidence are left out.
+-- $2 require_decontamination: only questions the benchmark checks have seen.
+WITH unique_questions AS (
+    SELECT *
+    FROM questions
+    QUALIFY row_number() OVER (PARTITION BY question_id ORDER BY created_at, shard_id) = 1
+),
+checks AS (
+    SELECT question_id,
+           bool_and(kept) AS kept,
+           bool_or(check_name = 'exact_dup') AS checked,
+           bool_or(check_name LIKE 'contamination_%') AS decontaminated
+    FROM curation
+    GROUP BY question_id
+),
+best_answers AS (
+    SELECT *
+    FROM answers
+    QUALIFY row_number() OVER (PARTITION BY question_id ORDER BY created_at DESC, model, run_id) = 1
+)
+SELECT q.question_id,
+       q.question,
+       a.answer,
+       a.final_answer,
+       q.level,
+       a.confidence,
+       q.doc_ids,
+       q.combo_id,
+       q.concepts,
+       q.school_level,
+       q.is_original,
+       q.model,
+       a.model AS answer_model,
+       q.prompt_version,
+       a.prompt_version AS answer_prompt_version,
+       q.run_id,
+       a.run_id AS answer_run_id
+FROM unique_questions q
+JOIN checks c USING (question_id)
+JOIN best_answers a USING (question_id)
+WHERE c.kept
+  AND c.checked
+  AND (c.decontaminated OR NOT $2)
+  AND (a.confidence IS NULL OR a.confidence >= $1)
+ORDER BY q.level, q.question_id
