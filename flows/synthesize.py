@@ -13,7 +13,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from synthllm.generation import PROMPTS
-from synthllm.pipeline import plan_shards, select_documents
+from synthllm.engines.registry import engine_model_id
+from synthllm.pipeline import pending_items, plan_shards, select_documents
 from synthllm.prompts import load_prompt
 from synthllm.resources import read_sql
 from synthllm.runs import public_params, recorded_run
@@ -39,10 +40,14 @@ def stage_key(settings: Settings, stage: str) -> dict[str, Any]:
 
 
 class StageRunner:
-    """Submits the shards of one or more stages together and follows their progress."""
+    """Submits the shards of one or more stages together and follows their progress.
 
-    def __init__(self, store: Store, settings: Settings, run_id: str, total_stages: int) -> None:
+    Shards go to the task runner the settings choose (threads, Dask or Ray), also when the flow
+    runs from a deployment, whose flow object carries the default runner."""
+
+    def __init__(self, store: Store, settings: Settings, run_id: str, total_stages: int, task_runner) -> None:
         self.store, self.settings, self.run_id = store, settings, run_id
+        self.task_runner = task_runner
         self.task = generate_shard.with_options(**cached_shard_options(store, settings))
         self.payload = settings_payload(settings)
         self.total_stages, self.done_stages = total_stages, 0
@@ -51,13 +56,20 @@ class StageRunner:
         self.summaries: list[dict[str, Any]] = []
 
     def plan(self, stage: str, item_ids: list[str]) -> list[tuple[str, str]]:
-        shards = plan_shards(self.store, stage, item_ids, self.settings.generation.shard_size,
-                             stage_key(self.settings, stage))
+        """Shards of the items this stage has not dealt with yet (for this prompt and model)."""
+        key = stage_key(self.settings, stage)
+        engine = self.settings.answer_engine if stage == "answer" else self.settings.engine
+        pending = pending_items(self.store, stage, item_ids, key["prompt"], engine_model_id(engine))
+        shards = plan_shards(self.store, stage, pending, self.settings.generation.shard_size, key)
         return [(stage, shard_id) for shard_id in shards]
 
     def run(self, *stage_shards: list[tuple[str, str]]) -> None:
         planned = [pair for group in stage_shards for pair in group]
-        futures = [self.task.submit(stage, shard_id, self.payload, self.run_id) for stage, shard_id in planned]
+        futures = [
+            self.task_runner.submit(self.task, {"stage": stage, "shard_id": shard_id,
+                                                "settings_payload": self.payload, "run_id": self.run_id})
+            for stage, shard_id in planned
+        ]
         self.summaries.extend(future.result() for future in futures)
         self.done_stages += len([group for group in stage_shards])
         update_progress_artifact(self.progress, progress=100.0 * self.done_stages / self.total_stages)
@@ -90,27 +102,9 @@ def synthesize_flow(store: str | None = None, config: str | None = None,
             raise RuntimeError(f"no documents to generate from in {target.url}: ingest a corpus first "
                                "(or check the reference filter's threshold)")
         logger.info("generating from %d documents, levels %s", len(doc_ids), sorted(levels))
-        runner = StageRunner(target, settings, run_id, total_stages=2 + len(levels))
-
-        needs_concepts = bool(levels & {2, 3})
-        runner.run(runner.plan("concepts", doc_ids) if needs_concepts else [],
-                   runner.plan("level1", doc_ids) if 1 in levels else [])
-        if 2 in levels:
-            with_concepts = target.query(read_sql("documents_with_concepts.sql"))["doc_id"].to_list()
-            chosen = set(doc_ids)
-            runner.run(runner.plan("level2", [d for d in doc_ids if d in set(with_concepts) & chosen]))
-        if 3 in levels:
-            graph = build_concept_graph.with_options(**cached_shard_options(target, settings))(
-                runner.payload, run_id, sorted(target.shard_ids("document_concepts")))
-            combos = target.query(read_sql("graph_combinations.sql"), [graph["graph_key"]])["combo_id"].to_list()
-            if settings.generation.max_combinations is not None:
-                combos = combos[: settings.generation.max_combinations]
-            summary["graph"] = graph
-            runner.run(runner.plan("level3", combos))
-        unanswered = target.query(read_sql("unanswered_questions.sql"))["question_id"].to_list()
-        runner.run(runner.plan("answer", unanswered))
-
-        stages = _stage_totals(runner.summaries)
+        with make_task_runner(settings) as task_runner:
+            stages = _run_stages(StageRunner(target, settings, run_id, 2 + len(levels), task_runner), doc_ids,
+                                 levels, summary)
         summary["stages"] = stages
     target.write_catalog()
     if stages:
@@ -118,17 +112,31 @@ def synthesize_flow(store: str | None = None, config: str | None = None,
     return summary
 
 
-def synthesize_with_runner(store: str | None = None, config: str | None = None,
-                           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``synthesize_flow`` on the task runner the settings choose (threads, Dask or Ray)."""
-    settings = load_settings(config, overrides, store)
-    return synthesize_flow.with_options(task_runner=make_task_runner(settings))(
-        store=store, config=config, overrides=overrides)
+def _run_stages(runner: StageRunner, doc_ids: list[str], levels: set[int], summary: dict[str, Any]) -> list[dict]:
+    """Concepts and level 1 together, then level 2, the graph and level 3, then answers."""
+    target, settings, run_id = runner.store, runner.settings, runner.run_id
+    needs_concepts = bool(levels & {2, 3})
+    runner.run(runner.plan("concepts", doc_ids) if needs_concepts else [],
+               runner.plan("level1", doc_ids) if 1 in levels else [])
+    if 2 in levels:
+        ready = set(target.query(read_sql("documents_with_concepts.sql"))["doc_id"].to_list())
+        runner.run(runner.plan("level2", [d for d in doc_ids if d in ready]))
+    if 3 in levels:
+        graph = build_concept_graph.with_options(**cached_shard_options(target, settings))(
+            runner.payload, run_id, sorted(target.shard_ids("document_concepts")))
+        combos = target.query(read_sql("graph_combinations.sql"), [graph["graph_key"]])["combo_id"].to_list()
+        if settings.generation.max_combinations is not None:
+            combos = combos[: settings.generation.max_combinations]
+        summary["graph"] = graph
+        runner.run(runner.plan("level3", combos))
+    questions = target.query("SELECT question_id FROM questions ORDER BY level, question_id")["question_id"]
+    runner.run(runner.plan("answer", questions.to_list()))
+    return _stage_totals(runner.summaries)
 
 
 @flow(name="synthllm-run")
 def run_pipeline_flow(sources: list[str] | None = None, store: str | None = None, config: str | None = None,
-                      overrides: dict[str, Any] | None = None, export_name: str = "default") -> dict[str, Any]:
+                      overrides: dict[str, Any] | None = None, export_name: str = "synthllm-qa") -> dict[str, Any]:
     """The whole job: ingest (when sources are given), filter, synthesize, curate, export."""
     from flows.curate import curate_flow, export_flow
     from flows.filter_references import filter_references_flow
@@ -141,7 +149,9 @@ def run_pipeline_flow(sources: list[str] | None = None, store: str | None = None
         result["ingest"] = ingest_flow(sources, store=url, config=config)
     if settings.filter.enabled:
         result["filter"] = filter_references_flow(store=url, config=config, overrides=overrides)
-    result["synthesize"] = synthesize_with_runner(store=url, config=config, overrides=overrides)
+    result["synthesize"] = synthesize_flow(store=url, config=config, overrides=overrides)
     result["curate"] = curate_flow(store=url, config=config, overrides=overrides)
-    result["export"] = export_flow(store=url, config=config, overrides=overrides, name=export_name)
+    exported = export_flow(store=url, config=config, overrides=overrides, name=export_name)
+    result["export"] = {key: exported[key] for key in ("rows", "per_level") if key in exported}
+    result["export"]["path"] = Store(settings.store).path("exports", export_name)
     return result

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A fresh ephemeral API migrates its SQLite database first: slow on a busy 2-core laptop.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 app = typer.Typer(help="Turn pre-training corpora into diverse synthetic QA datasets (SynthLLM).", no_args_is_help=True)
 console = Console()
@@ -95,9 +97,9 @@ def status(
 @app.command()
 def synthesize(store: StoreOption = None, config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Concepts, concept graph, level 1/2/3 questions and answers, on the store's documents."""
-    from flows.synthesize import synthesize_with_runner
+    from flows.synthesize import synthesize_flow
 
-    summary = synthesize_with_runner(store=store, config=config, overrides=parse_overrides(overrides))
+    summary = synthesize_flow(store=store, config=config, overrides=parse_overrides(overrides))
     _print_table("synthesize", summary.get("stages", []))
 
 
@@ -116,7 +118,7 @@ def run(
     store: StoreOption = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
-    export_name: Annotated[str, typer.Option(help="Name of the exported dataset.")] = "default",
+    export_name: Annotated[str, typer.Option(help="Name of the exported dataset.")] = "synthllm-qa",
 ) -> None:
     """The whole pipeline: ingest, filter, synthesize, curate, export."""
     from flows.synthesize import run_pipeline_flow
@@ -125,3 +127,18 @@ def run(
                                overrides=parse_overrides(overrides), export_name=export_name)
     _print_table("synthesize", result["synthesize"].get("stages", []))
     console.print(f"[bold]dataset[/]: {result.get('export')}")
+
+
+def _mount_subcommands() -> None:
+    """Sub-apps live next to their logic: ``synthllm scaling ...`` and the curation commands."""
+    from synthllm.commands import curate, scaling
+
+    app.add_typer(scaling.app, name="scaling", help="Fit and extrapolate the rectified scaling law.")
+    for command in curate.app.registered_commands:
+        app.registered_commands.append(command)
+
+
+_mount_subcommands()
+
+if __name__ == "__main__":
+    app()

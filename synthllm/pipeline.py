@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,13 @@ def plan_shards(store: Store, stage: str, item_ids: Sequence[str], shard_size: i
             store.write_parquet(path, pa.table({"item_id": pa.array(chunk, pa.string())}))
         shard_ids.append(shard_id)
     return shard_ids
+
+
+def pending_items(store: Store, stage: str, item_ids: Sequence[str], prompt_version: str, model: str) -> list[str]:
+    """``item_ids`` without those the stage already covered (rows or failures) for this prompt
+    and model, order kept: new documents form new shards, finished shards are not re-planned."""
+    covered = set(store.query(read_sql("covered_items.sql"), [stage, prompt_version, model])["item_id"].to_list())
+    return [item for item in item_ids if item not in covered]
 
 
 def read_plan(store: Store, stage: str, shard_id: str) -> list[str]:
@@ -143,17 +151,17 @@ def run_llm_shard(
     prompt: Prompt,
     build_request: Callable[[dict[str, Any]], ChatRequest],
     build_rows: RowBuilder,
+    engine_slot: Callable[[], AbstractContextManager] = nullcontext,
 ) -> ShardSummary:
-    """Items -> one batch of requests -> rows of ``table`` and failures, written as one shard."""
+    """Items -> one batch of requests -> rows of ``table`` and failures, written as one shard.
+
+    ``engine_slot`` (a Prefect concurrency slot in tasks) is taken only once this thread holds
+    the in-process engine, so a shard waiting for the engine never holds a GPU slot."""
     started = time.perf_counter()
     summary = ShardSummary(shard_id, items=len(items))
     requests = [build_request(item) for item in items]
-    lock = _batch_lock(llm)
-    if lock is None:
+    with _batch_lock(llm) or nullcontext(), engine_slot():
         results = llm.run(requests, stage=stage, shard_id=shard_id, run_id=run_id)
-    else:
-        with lock:
-            results = llm.run(requests, stage=stage, shard_id=shard_id, run_id=run_id)
     unreachable = [r.error for r in results if r.error and r.error.startswith(ENGINE_UNREACHABLE)]
     if unreachable:
         raise EngineUnavailable(f"{stage} shard {shard_id}: {len(unreachable)} of {len(results)} requests "

@@ -15,17 +15,10 @@ def store_status(store: Store) -> dict[str, Any]:
         tables = {name: con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0] for name in schemas().names}
         failures = con.sql(read_sql("status_failures.sql")).pl().to_dicts()
         runs = con.sql(read_sql("status_runs.sql")).pl().to_dicts()
-        usage = con.sql(read_sql("usage_summary.sql")).pl().to_dicts() if _has_usage_sql() else []
+        usage = con.sql(read_sql("usage_summary.sql")).pl().to_dicts()
     finally:
         con.close()
     for run in runs:
         run["summary"] = json.loads(run.pop("summary_json")) if run.get("summary_json") else None
     return {"store": store.url, "tables": tables, "failures": failures, "runs": runs, "llm_usage": usage}
 
-
-def _has_usage_sql() -> bool:
-    try:
-        read_sql("usage_summary.sql")
-    except FileNotFoundError:
-        return False
-    return True

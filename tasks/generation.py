@@ -26,6 +26,12 @@ def _open(settings_payload: dict[str, Any]) -> tuple[Settings, Store]:
     return settings, Store(settings.store)
 
 
+def engine_slot(settings: Settings):
+    """A GPU slot of the Prefect global concurrency limit, when one is configured."""
+    limit = settings.orchestration.gpu_concurrency_limit
+    return (lambda: concurrency(limit, occupy=1, strict=True)) if limit else nullcontext
+
+
 def concepts_shard_body(settings: Settings, store: Store, shard_id: str, run_id: str) -> ShardSummary:
     if store.has_shard("document_concepts", shard_id):
         return ShardSummary(shard_id, skipped=True)
@@ -39,6 +45,7 @@ def concepts_shard_body(settings: Settings, store: Store, shard_id: str, run_id:
         store, open_llm(store, settings.engine), stage="concepts", table="document_concepts", shard_id=shard_id,
         run_id=run_id, items=docs.to_dicts(), item_key="doc_id", prompt=load_prompt(gen.PROMPTS["concepts"]),
         build_request=lambda doc: gen.concept_request(doc, settings), build_rows=rows,
+        engine_slot=engine_slot(settings),
     )
 
 
@@ -59,6 +66,7 @@ def level1_shard_body(settings: Settings, store: Store, shard_id: str, run_id: s
         store, open_llm(store, settings.engine), stage="level1", table="questions", shard_id=shard_id,
         run_id=run_id, items=docs.to_dicts(), item_key="doc_id", prompt=load_prompt(gen.PROMPTS["level1"]),
         build_request=lambda doc: gen.level1_request(doc, settings), build_rows=rows,
+        engine_slot=engine_slot(settings),
     )
 
 
@@ -84,7 +92,7 @@ def level2_shard_body(settings: Settings, store: Store, shard_id: str, run_id: s
         store, open_llm(store, settings.engine), stage="level2", table="questions", shard_id=shard_id,
         run_id=run_id, items=docs, item_key="doc_id", prompt=load_prompt(gen.PROMPTS["level2"]),
         build_request=lambda doc: gen.level2_request(doc, list(concepts[doc["doc_id"]].values()), settings),
-        build_rows=rows,
+        build_rows=rows, engine_slot=engine_slot(settings),
     )
 
 
@@ -112,7 +120,7 @@ def level3_shard_body(settings: Settings, store: Store, shard_id: str, run_id: s
         run_id=run_id, items=combos, item_key="combo_id", prompt=load_prompt(gen.PROMPTS["level3"]),
         build_request=lambda combo: gen.level3_request(
             combo, [texts[d] for d in combo["ref_doc_ids"] if d in texts], names, settings),
-        build_rows=rows,
+        build_rows=rows, engine_slot=engine_slot(settings),
     )
 
 
@@ -131,6 +139,7 @@ def answer_shard_body(settings: Settings, store: Store, shard_id: str, run_id: s
         store, open_llm(store, settings.answer_engine), stage="answer", table="answers", shard_id=shard_id,
         run_id=run_id, items=questions, item_key="question_id", prompt=load_prompt(gen.PROMPTS["answer"]),
         build_request=lambda q: gen.answer_request(q, settings), build_rows=rows,
+        engine_slot=engine_slot(settings),
     )
 
 
@@ -151,6 +160,4 @@ def generate_shard(stage: str, shard_id: str, settings_payload: dict[str, Any], 
     (``prefect gcl create gpu --limit <GPUs>``) keeps engine shards from outnumbering the GPUs.
     """
     settings, store = _open(settings_payload)
-    limit = settings.orchestration.gpu_concurrency_limit
-    with concurrency(limit, occupy=1, strict=True) if limit else nullcontext():
-        return {"stage": stage, **STAGE_BODIES[stage](settings, store, shard_id, run_id).as_dict()}
+    return {"stage": stage, **STAGE_BODIES[stage](settings, store, shard_id, run_id).as_dict()}

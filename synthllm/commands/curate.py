@@ -1,0 +1,82 @@
+"""``synthllm curate | dedup | decontaminate | report | export``: curation and dataset export."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Dedup, decontaminate, measure diversity, export the QA set.", no_args_is_help=True)
+console = Console()
+
+StoreOption = Annotated[str | None, typer.Option("--store", help="Store URL: a folder or s3://bucket/prefix.")]
+ConfigOption = Annotated[str | None, typer.Option("--config", help="YAML or TOML settings file.")]
+BenchmarkOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--benchmark",
+        help="Benchmark to decontaminate against (repeat): builtin:gsm8k, builtin:math, builtin:math500, "
+        "builtin:svamp, or a JSONL/JSON/Parquet file as path[:field]. Default: curation.benchmarks.",
+    ),
+]
+CuratedOnlyOption = Annotated[
+    bool, typer.Option("--curated-only", help="Report on questions kept by every check instead of all generated.")
+]
+
+
+def _show(title: str, result: Any) -> None:
+    console.print(f"[bold]{title}[/]")
+    console.print_json(json.dumps(result, default=str))
+
+
+def _curate(store: str | None, config: str | None, steps: list[str], **params: Any) -> None:
+    from flows.curate import curate_flow
+
+    _show("curate", curate_flow(store=store, config=config, steps=steps, **params))
+
+
+@app.command()
+def curate(
+    store: StoreOption = None,
+    config: ConfigOption = None,
+    benchmark: BenchmarkOption = None,
+    curated_only: CuratedOnlyOption = False,
+) -> None:
+    """Dedup, decontaminate and write the diversity report (curation rows are recomputed)."""
+    _curate(store, config, ["dedup", "decontaminate", "report"], benchmarks=benchmark, curated_only=curated_only)
+
+
+@app.command()
+def dedup(store: StoreOption = None, config: ConfigOption = None) -> None:
+    """Exact and near-duplicate questions, across levels and runs (curation shard dedup-all)."""
+    _curate(store, config, ["dedup"])
+
+
+@app.command()
+def decontaminate(store: StoreOption = None, config: ConfigOption = None, benchmark: BenchmarkOption = None) -> None:
+    """Drop questions that copy benchmark items (exact match and n-gram overlap)."""
+    _curate(store, config, ["decontaminate"], benchmarks=benchmark)
+
+
+@app.command()
+def report(store: StoreOption = None, config: ConfigOption = None, curated_only: CuratedOnlyOption = False) -> None:
+    """Diversity report under reports/diversity/ (report.json, report.md, histograms.png)."""
+    _curate(store, config, ["report"], curated_only=curated_only)
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Option("--name", help="Export folder: exports/<name>/ in the store.")] = "synthllm-qa",
+    file_format: Annotated[
+        list[str] | None, typer.Option("--format", help="parquet and/or jsonl (repeat). Default: both.")
+    ] = None,
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the curated QA set (plain and chat/SFT layouts) with a dataset card."""
+    from flows.curate import export_flow
+
+    result = export_flow(store=store, config=config, name=name, formats=file_format)
+    _show("export", {k: result[k] for k in ("name", "rows", "per_level", "funnel", "files")})

@@ -1,0 +1,234 @@
+"""Export the curated QA set as files ``datasets.load_dataset`` reads, with a dataset card.
+
+Layout under ``<store>/exports/<name>/``::
+
+    plain/data.parquet, plain/data.jsonl   one row per QA pair, provenance columns included
+    sft/data.parquet,   sft/data.jsonl     chat format: ``messages`` = user question, assistant answer
+    README.md                              dataset card: counts, models, prompts, curation applied
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from synthllm.resources import read_sql
+from synthllm.settings import Settings
+from synthllm.store import Store
+
+EXPORT_FORMATS = ("parquet", "jsonl")
+LAYOUTS = ("plain", "sft")
+_EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+CURATION_SUMMARY = "reports/curation/summary.json"
+
+
+def check_export_request(name: str, formats: Sequence[str]) -> list[str]:
+    if not _EXPORT_NAME.match(name):
+        raise ValueError(f"export name {name!r}: use letters, digits, '.', '_', '-'")
+    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
+    if unknown or not formats:
+        raise ValueError(f"export formats {list(formats)}: choose from {', '.join(EXPORT_FORMATS)}")
+    return [f for f in EXPORT_FORMATS if f in formats]
+
+
+def curated_dataset(store: Store, min_agreement: float = 0.0, require_decontamination: bool = True) -> pl.DataFrame:
+    """Questions kept by every check, each with its answer (sql/curated_dataset.sql)."""
+    return store.query(
+        read_sql("curated_dataset.sql"),
+        [min_agreement, require_decontamination],
+        tables=["questions", "answers", "curation"],
+    )
+
+
+def sft_records(dataset: pl.DataFrame) -> pl.DataFrame:
+    """Chat/SFT rows: the question as the user turn, the full solution as the assistant turn."""
+    return dataset.select(
+        "question_id",
+        "level",
+        pl.concat_list(
+            pl.struct(pl.lit("user").alias("role"), pl.col("question").alias("content")),
+            pl.struct(pl.lit("assistant").alias("role"), pl.col("answer").alias("content")),
+        ).alias("messages"),
+    )
+
+
+def curation_funnel(store: Store, min_agreement: float, require_decontamination: bool) -> dict[str, int]:
+    """Where the generated questions went: each question counted once, at its first exit."""
+    status = store.query(read_sql("curation_status.sql"), tables=["questions", "curation", "answers"])
+    not_curated = ~pl.col("checked") | (pl.lit(require_decontamination) & ~pl.col("decontaminated"))
+    dropped = pl.col("dropped_by").list.len() > 0
+    low_agreement = pl.col("confidence").is_not_null() & (pl.col("confidence") < min_agreement)
+    counts = status.select(
+        pl.len().alias("questions"),
+        not_curated.sum().alias("not_curated"),
+        (~not_curated & dropped).sum().alias("dropped_by_curation"),
+        (~not_curated & ~dropped & ~pl.col("has_answer")).sum().alias("without_answer"),
+        (~not_curated & ~dropped & pl.col("has_answer") & low_agreement).sum().alias("below_min_agreement"),
+    ).row(0, named=True)
+    return {k: int(v) for k, v in counts.items()}
+
+
+def check_counts(store: Store) -> list[dict[str, Any]]:
+    return store.query(read_sql("curation_checks.sql"), tables=["curation"]).to_dicts()
+
+
+def _write(store: Store, path: str, frame: pl.DataFrame, file_format: str) -> None:
+    if file_format == "parquet":
+        buffer = io.BytesIO()
+        pq.write_table(frame.to_arrow(), buffer, compression="zstd")
+        store.write_bytes(path, buffer.getvalue())
+    else:
+        store.write_bytes(path, frame.write_ndjson().encode("utf-8"))
+
+
+def _counts(dataset: pl.DataFrame, column: str) -> list[tuple[Any, int]]:
+    if dataset.is_empty():
+        return []
+    frame = dataset.group_by(column).len().sort(column, nulls_last=True)
+    return [(value, int(n)) for value, n in frame.iter_rows()]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("–" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row) + " |"
+              for row in rows]
+    return lines
+
+
+def dataset_card(
+    name: str,
+    dataset: pl.DataFrame,
+    formats: Sequence[str],
+    funnel: dict[str, int],
+    checks: list[dict[str, Any]],
+    curation_run: dict[str, Any],
+    min_agreement: float,
+) -> str:
+    """README.md with Hugging Face front matter (one config per layout) and the dataset's facts."""
+    main_format = formats[0]
+    front = ["---", "configs:"]
+    for layout in LAYOUTS:
+        front += [f"- config_name: {layout}", f"  data_files: {layout}/data.{main_format}"]
+        if layout == "plain":
+            front.append("  default: true")
+    front += ["---", ""]
+    per_level = _counts(dataset, "level")
+    settings = curation_run.get("settings", {})
+    lines = [
+        f"# {name}",
+        "",
+        "Synthetic question-answer pairs generated with synthllm (the SynthLLM method, arXiv 2503.19551):",
+        "level 1 questions extracted from one reference document, level 2 recombining one document's",
+        "concepts, level 3 combining concepts sampled from a concept graph across documents.",
+        "",
+        f"**{dataset.height:,} QA pairs.** Files: " + ", ".join(f"`{l}/data.{f}`" for l in LAYOUTS for f in formats) + ".",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'plain = load_dataset("{main_format if main_format == "parquet" else "json"}", '
+        f'data_files="{name}/plain/data.{main_format}", split="train")',
+        "```",
+        "",
+        "## Levels",
+        "",
+        *_table(["level", "QA pairs"], per_level),
+        "",
+        "## Models and prompt versions",
+        "",
+        *_table(["question model", "QA pairs"], _counts(dataset, "model")),
+        "",
+        *_table(["answer model", "QA pairs"], _counts(dataset, "answer_model")),
+        "",
+        *_table(["question prompt", "QA pairs"], _counts(dataset, "prompt_version")),
+        "",
+        *_table(["answer prompt", "QA pairs"], _counts(dataset, "answer_prompt_version")),
+        "",
+        "## Filters applied",
+        "",
+        "Each generated question is counted once, at the first filter it failed.",
+        "",
+        *_table(
+            ["step", "questions"],
+            [
+                ("generated", funnel["questions"]),
+                ("not yet curated (run `synthllm curate`)", funnel["not_curated"]),
+                ("dropped by curation checks", funnel["dropped_by_curation"]),
+                ("no answer", funnel["without_answer"]),
+                (f"answer agreement below {min_agreement}", funnel["below_min_agreement"]),
+                ("exported", dataset.height),
+            ],
+        ),
+        "",
+        "Curation checks (a question can fail several):",
+        "",
+        *_table(
+            ["check", "questions checked", "dropped"],
+            [(c["check_name"], c["questions"], c["dropped"]) for c in checks if c["benchmark"] is None],
+        ),
+        "",
+        "## Contamination checks",
+        "",
+        f"Benchmarks: {', '.join(f'`{b}`' for b in settings.get('benchmarks', [])) or 'none'}; "
+        f"normalised exact match and {settings.get('ngram', '?')}-word n-gram overlap "
+        "(items shorter than n words: the whole item contained in the question).",
+        "",
+        *_table(
+            ["check", "benchmark", "questions dropped"],
+            [(c["check_name"], c["benchmark"], c["dropped"]) for c in checks if c["benchmark"] is not None]
+            or [("–", "–", 0)],
+        ),
+        "",
+        f"Near-duplicates: MinHash ({settings.get('minhash_num_perm', '?')} permutations, "
+        f"{settings.get('minhash_shingle', '?')}-word shingles), Jaccard >= {settings.get('minhash_threshold', '?')}; "
+        "the first question in (level, created_at, question_id) order is kept.",
+        "",
+        f"Curation run: `{curation_run.get('run_id', 'unknown')}`.",
+        "",
+        "## Columns",
+        "",
+        "plain: " + ", ".join(f"`{c}`" for c in dataset.columns) + ".",
+        "sft: `question_id`, `level`, `messages` (`[{role: user, content: question}, {role: assistant, content: answer}]`).",
+        "",
+        "Answers are model-generated and not verified; `confidence` is the self-consistency agreement.",
+        "The licence of the source corpus applies to text drawn from it.",
+        "",
+    ]
+    return "\n".join(front + lines)
+
+
+def export_dataset(store: Store, settings: Settings, name: str, formats: Sequence[str] = EXPORT_FORMATS) -> dict[str, Any]:
+    """Write the curated set under ``exports/<name>/``; files of formats not asked for this time are removed."""
+    formats = check_export_request(name, formats)
+    min_agreement = settings.answer.min_agreement
+    require_decontamination = bool(settings.curation.benchmarks)
+    dataset = curated_dataset(store, min_agreement, require_decontamination)
+    layouts = {"plain": dataset, "sft": sft_records(dataset)}
+    written = []
+    for layout, frame in layouts.items():
+        for file_format in EXPORT_FORMATS:
+            path = store.path("exports", name, layout, f"data.{file_format}")
+            if file_format in formats:
+                _write(store, path, frame, file_format)
+                written.append(path)
+            elif store.exists(path):
+                store.fs.rm(path)
+    curation_run = json.loads(store.read_bytes(store.path(CURATION_SUMMARY))) if store.exists(store.path(CURATION_SUMMARY)) else {}
+    if not curation_run:
+        curation_run = {"settings": settings.curation.model_dump(mode="json")}
+    funnel = curation_funnel(store, min_agreement, require_decontamination)
+    card = dataset_card(name, dataset, formats, funnel, check_counts(store), curation_run, min_agreement)
+    card_path = store.path("exports", name, "README.md")
+    store.write_text(card_path, card)
+    return {
+        "name": name,
+        "rows": dataset.height,
+        "per_level": {str(level): n for level, n in _counts(dataset, "level")},
+        "funnel": funnel,
+        "files": [*written, card_path],
+    }

@@ -1,0 +1,149 @@
+"""prefect.yaml against the flows it deploys, and the infrastructure files beside it.
+
+What `prefect deploy` and the server would reject only later (a parameter the flow does not
+take, a value of the wrong type, a bad cron string, a config file that does not load) fails here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect import Flow
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.utilities.callables import parameter_schema
+from prefect.utilities.schema_tools import validate
+
+from synthllm.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO / "prefect.yaml"
+POOLS = {"synthllm-cpu", "synthllm-gpu"}
+
+
+def _deployments() -> list[dict]:
+    return yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))["deployments"]
+
+
+def _load_flow(entrypoint: str) -> Flow:
+    """``flows/x.py:name`` -> the Flow object, imported as a package module like workers do."""
+    path, _, attribute = entrypoint.partition(":")
+    assert (REPO / path).is_file(), f"entrypoint file missing: {path}"
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    flow = getattr(module, attribute)
+    assert isinstance(flow, Flow), f"{entrypoint} is not a Prefect flow"
+    return flow
+
+
+def _label(deployment: dict) -> str:
+    return f"{deployment['entrypoint']} ({deployment['name']})"
+
+
+DEPLOYMENTS = _deployments()
+IDS = [_label(d) for d in DEPLOYMENTS]
+
+
+def test_every_flow_has_a_deployment_and_names_are_unique():
+    flow_objects = set()
+    for module_file in sorted((REPO / "flows").glob("*.py")):
+        module = importlib.import_module(f"flows.{module_file.stem}")
+        flow_objects |= {obj.name for obj in vars(module).values() if isinstance(obj, Flow)}
+    deployed = [(_load_flow(d["entrypoint"]).name, d["name"]) for d in DEPLOYMENTS]
+    assert len(deployed) == len(set(deployed)), f"duplicate flow/deployment names: {deployed}"
+    assert flow_objects == {flow_name for flow_name, _ in deployed}
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=IDS)
+def test_parameters_match_the_flow_signature_and_schema(deployment):
+    flow = _load_flow(deployment["entrypoint"])
+    schema = parameter_schema(flow.fn)
+    accepted = set(inspect.signature(flow.fn).parameters)
+    assert set(schema.properties) == accepted
+
+    parameters = deployment.get("parameters") or {}
+    assert set(parameters) <= accepted, f"not flow parameters: {set(parameters) - accepted}"
+    errors = validate(parameters, schema.model_dump_for_openapi(), ignore_required=True)
+    assert not errors, [e.message for e in errors]
+    assert deployment.get("enforce_parameter_schema") is True
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=IDS)
+def test_schedules_are_valid_cron_with_complete_parameters(deployment):
+    flow = _load_flow(deployment["entrypoint"])
+    schema = parameter_schema(flow.fn).model_dump_for_openapi()
+    for schedule in deployment.get("schedules") or []:
+        CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+        merged = {**(deployment.get("parameters") or {}), **(schedule.get("parameters") or {})}
+        # a scheduled run gets no parameters from anyone else: the required ones must be here
+        errors = validate(merged, schema, ignore_required=False)
+        assert not errors, [e.message for e in errors]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=IDS)
+def test_config_parameter_loads(deployment, monkeypatch):
+    """The config file exists and, with the pool's environment applied, validates as Settings."""
+    config = (deployment.get("parameters") or {}).get("config")
+    assert config, "every deployment names its config file"
+    assert (REPO / config).is_file(), config
+    pool = deployment["work_pool"]
+    for key, value in pool.get("job_variables", {}).get("env", {}).items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(REPO / config)
+    if pool["name"] == "synthllm-gpu":
+        assert settings.engine.backend == "vllm"
+        assert settings.orchestration.task_workers == 1
+    if "openai" in deployment.get("tags", []):
+        assert settings.engine.backend == "openai" and settings.engine.base_url
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=IDS)
+def test_work_pool_and_job_environment(deployment):
+    pool = deployment["work_pool"]
+    assert pool["name"] in POOLS
+    env = pool.get("job_variables", {}).get("env", {})
+    assert all(isinstance(v, str) for v in env.values()), "process job env values must be strings"
+    # the job env overrides the worker's: a GPU pinned here would put every worker on one GPU
+    assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_pull_step_enters_the_code_directory():
+    document = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
+    (step,) = document["pull"]
+    (name, arguments), = step.items()
+    module_name, _, function = name.rpartition(".")
+    assert callable(getattr(importlib.import_module(module_name), function))
+    assert name == "prefect.deployments.steps.set_working_directory"
+    assert arguments["directory"] == "{{ $SYNTHLLM_HOME }}"
+
+
+@pytest.mark.parametrize(
+    "relative", ["infra/compose.yaml", "infra/k8s/vllm.yaml", "infra/k8s/server-values.yaml",
+                 "infra/k8s/worker-cpu-values.yaml", "infra/k8s/worker-gpu-values.yaml",
+                 "infra/ray/cluster.yaml"],
+)
+def test_infrastructure_yaml_parses(relative):
+    documents = [d for d in yaml.safe_load_all((REPO / relative).read_text(encoding="utf-8")) if d]
+    assert documents
+
+
+def test_compose_server_on_postgres_and_gpu_workers_reserve_one_gpu():
+    services = yaml.safe_load((REPO / "infra/compose.yaml").read_text(encoding="utf-8"))["services"]
+    url = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert url.startswith("postgresql+asyncpg://")
+    gpu_workers = [s for name, s in services.items() if name.startswith("worker-gpu")]
+    assert gpu_workers
+    for service in gpu_workers:
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and len(device["device_ids"]) == 1
+        assert service["command"][-2:] == ["--limit", "1"]
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "infra/scripts").glob("*.sh")), ids=lambda p: p.name)
+def test_scripts_parse_and_reject_missing_arguments(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2, result.stderr
