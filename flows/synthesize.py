@@ -40,7 +40,8 @@ def stage_key(settings: Settings, stage: str) -> dict[str, Any]:
 
 
 class StageRunner:
-    """Submits the shards of one or more stages together and follows their progress.
+    """Submits the shards of one or more stages together and follows their progress
+    (one progress step per :meth:`run`: concepts + level 1, level 2, level 3, answers).
 
     Shards go to the task runner the settings choose (threads, Dask or Ray), also when the flow
     runs from a deployment, whose flow object carries the default runner."""
@@ -71,7 +72,7 @@ class StageRunner:
             for stage, shard_id in planned
         ]
         self.summaries.extend(future.result() for future in futures)
-        self.done_stages += len([group for group in stage_shards])
+        self.done_stages += 1
         update_progress_artifact(self.progress, progress=100.0 * self.done_stages / self.total_stages)
 
 
@@ -103,7 +104,7 @@ def synthesize_flow(store: str | None = None, config: str | None = None,
                                "(or check the reference filter's threshold)")
         logger.info("generating from %d documents, levels %s", len(doc_ids), sorted(levels))
         with make_task_runner(settings) as task_runner:
-            stages = _run_stages(StageRunner(target, settings, run_id, 2 + len(levels), task_runner), doc_ids,
+            stages = _run_stages(StageRunner(target, settings, run_id, 2 + len(levels & {2, 3}), task_runner), doc_ids,
                                  levels, summary)
         summary["stages"] = stages
     target.write_catalog()

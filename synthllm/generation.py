@@ -51,7 +51,31 @@ def request_seed(base_seed: int, stage: str, item_id: str) -> int:
     return int(stable_hash(base_seed, stage, item_id, length=8), 16)
 
 
-def make_request(prompt: Prompt, sampling: SamplingSettings, seed: int, n: int = 1, **values: Any) -> ChatRequest:
+def limit_arrays(schema: dict[str, Any] | None, limits: dict[str, int]) -> dict[str, Any] | None:
+    """The schema with ``maxItems`` of the named array properties set from settings: the grammar,
+    not only the instructions, bounds how much the model writes (small models loop otherwise)."""
+    if schema is None or not limits:
+        return schema
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {key: visit(value) for key, value in node.items()}
+            for name, bound in limits.items():
+                prop = out.get("properties", {}).get(name)
+                if isinstance(prop, dict) and prop.get("type") == "array":
+                    prop["maxItems"] = bound
+                    if prop.get("minItems", 0) > bound:
+                        prop["minItems"] = bound
+            return out
+        if isinstance(node, list):
+            return [visit(item) for item in node]
+        return node
+
+    return visit(schema)
+
+
+def make_request(prompt: Prompt, sampling: SamplingSettings, seed: int, n: int = 1,
+                 limits: dict[str, int] | None = None, **values: Any) -> ChatRequest:
     return ChatRequest.of(
         prompt.render(**values),
         temperature=sampling.temperature,
@@ -59,7 +83,7 @@ def make_request(prompt: Prompt, sampling: SamplingSettings, seed: int, n: int =
         max_tokens=sampling.max_tokens,
         n=n,
         seed=seed,
-        json_schema=prompt.schema,
+        json_schema=limit_arrays(prompt.schema, limits or {}),
     )
 
 
@@ -80,6 +104,7 @@ def concept_request(doc: dict[str, Any], settings: Settings) -> ChatRequest:
     gen = settings.generation
     return make_request(
         load_prompt(PROMPTS["concepts"]), gen.sampling, request_seed(gen.sampling.seed, "concepts", doc["doc_id"]),
+        limits={"topics": gen.max_topics, "key_concepts": gen.max_concepts_per_topic},
         domain=settings.filter.domain, document=excerpt(doc["text"], gen.doc_chars),
         max_topics=gen.max_topics, max_concepts=gen.max_concepts_per_topic,
     )
@@ -124,6 +149,7 @@ def level1_request(doc: dict[str, Any], settings: Settings) -> ChatRequest:
     gen = settings.generation
     return make_request(
         load_prompt(PROMPTS["level1"]), gen.sampling, request_seed(gen.sampling.seed, "level1", doc["doc_id"]),
+        limits={"questions": gen.l1_max_questions},
         domain=settings.filter.domain, document=excerpt(doc["text"], gen.doc_chars), max_questions=gen.l1_max_questions,
     )
 
@@ -134,6 +160,7 @@ def level2_request(doc: dict[str, Any], kc_surfaces: list[str], settings: Settin
         load_prompt(PROMPTS["level2"]), gen.sampling, request_seed(gen.sampling.seed, "level2", doc["doc_id"]),
         domain=settings.filter.domain, document=excerpt(doc["text"], gen.doc_chars),
         concepts="\n".join(f"- {c}" for c in kc_surfaces), max_questions=gen.l2_max_questions,
+        limits={"questions": gen.l2_max_questions},
     )
 
 
@@ -147,6 +174,7 @@ def level3_request(combo: dict[str, Any], reference_texts: list[str], names: dic
         domain=settings.filter.domain, reference_1=refs[0], reference_2=refs[1],
         topics="; ".join(names.get(t, t) for t in combo["topics"]),
         concepts="; ".join(names.get(k, k) for k in combo["kcs"]), max_questions=gen.l3_max_questions,
+        limits={"questions": gen.l3_max_questions},
     )
 
 

@@ -104,11 +104,12 @@ class GenerationSettings(BaseModel):
     max_combinations: int | None = None  # budget: L3 combinations
     shard_size: int = Field(2000, ge=1)  # prompts per Prefect task
     doc_chars: int = Field(3000, ge=200)  # document excerpt given to the model
-    l1_max_questions: int = Field(5, ge=1)
-    l2_max_questions: int = Field(5, ge=1)
-    l3_max_questions: int = Field(3, ge=1)
-    max_topics: int = Field(5, ge=1)
-    max_concepts_per_topic: int = Field(20, ge=1)
+    # Upper bounds, applied to the output schema (grammar) as well as the instructions.
+    l1_max_questions: int = Field(5, ge=1, le=5)
+    l2_max_questions: int = Field(5, ge=1, le=5)
+    l3_max_questions: int = Field(3, ge=1, le=3)
+    max_topics: int = Field(5, ge=1, le=5)
+    max_concepts_per_topic: int = Field(20, ge=1, le=20)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
 
 

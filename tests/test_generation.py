@@ -114,3 +114,17 @@ def test_requests_are_deterministic_and_put_documents_first() -> None:
     answer = gen.answer_request({"question_id": "q", "question": "1+1?"},
                                 load_settings(overrides={"answer.self_consistency": 4}))
     assert answer.n == 4 and answer.json_schema is None and answer.messages[-1]["content"] == "1+1?"
+
+
+def test_settings_bound_the_output_schema() -> None:
+    settings = load_settings(overrides={"generation.max_topics": 2, "generation.max_concepts_per_topic": 4,
+                                        "generation.l1_max_questions": 3})
+    concepts = gen.concept_request({"doc_id": "d", "text": "t"}, settings).json_schema
+    topics = concepts["properties"]["topics"]
+    assert topics["maxItems"] == 2 and topics["items"]["properties"]["key_concepts"]["maxItems"] == 4
+    level1 = gen.level1_request({"doc_id": "d", "text": "t"}, settings).json_schema
+    assert level1["properties"]["questions"]["maxItems"] == 3
+    # the prompt file itself is untouched
+    from synthllm.prompts import load_prompt
+
+    assert load_prompt("extract_concepts").schema["properties"]["topics"]["maxItems"] == 5

@@ -1,0 +1,113 @@
+"""Normalised names for topics and key concepts (KCs).
+
+The extraction model spells one concept many ways ("Quadratic Equations", "quadratic equation.",
+"quadratic  equation"); the concept graph needs one node per concept, so every string is mapped
+to a normalised name before it becomes a node. The normalisation is deliberately simple and
+predictable (no lemmatiser, no model): the raw surface forms are kept by the caller, so nothing
+is lost and a reader can always see what the model wrote.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+CONCEPT_KINDS = ("topic", "kc")
+
+# Longer strings are sentences, not concept names.
+MAX_CONCEPT_CHARS = 100
+
+# Symbols that carry meaning inside a concept name ("c++", "c#", "x^2") and are kept.
+_KEPT_SYMBOLS = "+#^"
+# Apostrophe look-alikes, folded to "'" before possessives are removed.
+_APOSTROPHES = re.compile(r"[\u2018\u2019\u02bc\u00b4`]")
+_POSSESSIVE = re.compile(r"(?<=\w)'s\b|(?<=s)'(?=\s|$)")
+# '.', ',' and '/' between digits belong to a number ("3.14", "1,000", "1/2").
+_NUMBER_COMMA = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_NUMBER_POINT = re.compile(r"(?<=\d)\.(?=\d)")
+_NUMBER_SLASH = re.compile(r"(?<=\d)/(?=\d)")
+# Private-use placeholders protect number punctuation while other punctuation is removed.
+_POINT, _SLASH = "\ue000", "\ue001"
+_WHITESPACE = re.compile(r"\s+")
+
+# Strings a model writes when it has nothing to say.
+_JUNK = frozenset({"none", "null", "nil", "nan", "n a", "na", "unknown", "unspecified", "not applicable"})
+
+# Words the plural rules would damage: field names, invariant plurals, Latin plurals, names.
+_INVARIANT = frozenset({
+    "series", "species", "means", "news", "physics", "mathematics", "statistics", "economics",
+    "mechanics", "dynamics", "kinematics", "optics", "ethics", "genetics", "logistics",
+    "electronics", "thermodynamics", "linguistics", "politics", "aerodynamics", "acoustics",
+    "bias", "atlas", "canvas", "alias", "chaos", "cosmos", "ethos", "pathos", "lens", "bayes",
+    "pythagoras", "archimedes", "descartes", "always", "sometimes", "perhaps", "whereas", "does",
+    "goes",
+})
+_IRREGULAR = {
+    "vertices": "vertex", "matrices": "matrix", "indices": "index", "apices": "apex",
+    "axes": "axis", "radii": "radius", "foci": "focus", "loci": "locus", "nuclei": "nucleus",
+    "hypotheses": "hypothesis", "analyses": "analysis", "theses": "thesis",
+    "parentheses": "parenthesis", "criteria": "criterion", "phenomena": "phenomenon",
+    "polyhedra": "polyhedron", "children": "child", "men": "man", "women": "woman",
+    "people": "person", "feet": "foot", "teeth": "tooth", "halves": "half", "leaves": "leaf",
+}
+# Words shorter than this keep their form: "gas", "bus", "its" are not plurals to strip.
+_MIN_PLURAL_CHARS = 4
+
+
+def singular(word: str) -> str:
+    """Simple English plural -> singular for one lower-case word; anything unsure stays as is.
+
+    Rules, in order: irregular table; invariant words and words ending in "ics" (field names)
+    stay; "ies" -> "y"; "sses" -> "ss"; "xes"/"ches"/"shes" -> drop "es" (these three only in
+    words over four letters, so "ties" -> "tie"); a trailing "s" not after "s", "u" or "i" is
+    dropped ("cases" -> "case", "sizes" -> "size", "laws" -> "law"). Words of three letters or
+    fewer ("gas", "bus") and words that are not purely alphabetic are left alone.
+    """
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if len(word) < _MIN_PLURAL_CHARS or not word.isalpha() or word in _INVARIANT or word.endswith("ics"):
+        return word
+    if len(word) > _MIN_PLURAL_CHARS:
+        if word.endswith("ies"):
+            return word[:-3] + "y"
+        if word.endswith("sses"):
+            return word[:-2]
+        if word.endswith(("xes", "ches", "shes")):
+            return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def normalise_concept(text: str) -> str:
+    """The normalised name of a topic or KC, or "" when the string is no concept.
+
+    NFKC, case-folded; possessives dropped ("Newton's laws" -> "newton law"); punctuation other
+    than "+", "#", "^" and number punctuation ("3.14", "1/2") becomes a space; whitespace
+    collapsed; every word made singular (:func:`singular`). Junk ("", "N/A", "none", pure
+    punctuation, strings over ``MAX_CONCEPT_CHARS``) gives "".
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"a concept name must be a string, got {type(text).__name__}")
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    folded = _APOSTROPHES.sub("'", folded)
+    folded = _POSSESSIVE.sub("", folded)
+    folded = _NUMBER_COMMA.sub("", folded)
+    folded = _NUMBER_POINT.sub(_POINT, folded)
+    folded = _NUMBER_SLASH.sub(_SLASH, folded)
+    kept = "".join(ch if ch.isalnum() or ch in _KEPT_SYMBOLS or ch in (_POINT, _SLASH) else " " for ch in folded)
+    kept = kept.replace(_POINT, ".").replace(_SLASH, "/")
+    words = _WHITESPACE.sub(" ", kept).strip().split(" ")
+    name = " ".join(singular(word) for word in words if word)
+    if not any(ch.isalnum() for ch in name) or name in _JUNK or len(name) > MAX_CONCEPT_CHARS:
+        return ""
+    return name
+
+
+def concept_id(kind: str, name: str) -> str:
+    """The graph node id of a normalised concept: ``"<kind>:<name>"`` (kind: topic or kc)."""
+    if kind not in CONCEPT_KINDS:
+        raise ValueError(f"concept kind must be one of {CONCEPT_KINDS}, got {kind!r}")
+    if not name:
+        raise ValueError("a concept id needs a non-empty normalised name")
+    return f"{kind}:{name}"

@@ -1,0 +1,81 @@
+"""Concept-name normalisation: one node per concept however the model spells it."""
+
+from __future__ import annotations
+
+import pytest
+
+from synthllm.concepts import MAX_CONCEPT_CHARS, concept_id, normalise_concept, singular
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Quadratic Equations", "quadratic equation"),
+        ("  quadratic\tequation. ", "quadratic equation"),
+        ("QUADRATIC  EQUATION!", "quadratic equation"),
+        ("Systems of Linear Equations", "system of linear equation"),
+        ("Probabilities", "probability"),
+        ("Classes", "class"),
+        ("Boxes", "box"),
+        ("Branches", "branch"),
+        ("Cases", "case"),
+        ("Laws", "law"),
+        ("Vertices", "vertex"),
+        ("Axes", "axis"),
+        ("Analysis", "analysis"),
+        ("Calculus", "calculus"),
+        ("Series", "series"),
+        ("Statistics", "statistics"),
+        ("gas", "gas"),
+        ("Newton's Laws of Motion", "newton law of motion"),
+        ("Newton\u2019s second law", "newton second law"),
+        ("Bayes' theorem", "bayes theorem"),
+        ("C++ templates", "c++ template"),
+        ("C#", "c#"),
+        ("x^2 + 1", "x^2 + 1"),
+        ("3.14 approximations", "3.14 approximation"),
+        ("1,000 numbers", "1000 number"),
+        ("1/2 fractions", "1/2 fraction"),
+        ("x-axis", "x axis"),
+        ("\uff21\uff22\uff23 conjecture", "abc conjecture"),  # full-width letters, NFKC
+        ("Stra\u00dfe", "strasse"),  # case folding, not just lower()
+    ],
+)
+def test_normalise_concept(raw: str, expected: str) -> None:
+    assert normalise_concept(raw) == expected
+
+
+@pytest.mark.parametrize("junk", ["", "   ", "---", "N/A", "none", "Unknown", "?!", "x" * (MAX_CONCEPT_CHARS + 1)])
+def test_junk_gives_empty_name(junk: str) -> None:
+    assert normalise_concept(junk) == ""
+
+
+def test_spellings_of_one_concept_meet() -> None:
+    spellings = ["Pythagorean Theorem", "pythagorean theorem.", " Pythagorean  theorems ", "PYTHAGOREAN THEOREM"]
+    assert {normalise_concept(s) for s in spellings} == {"pythagorean theorem"}
+
+
+def test_normalising_twice_changes_nothing() -> None:
+    for raw in ["Newton's Laws", "Probabilities and Statistics", "C++ classes", "1/2 fractions", "Bayes' theorem"]:
+        once = normalise_concept(raw)
+        assert normalise_concept(once) == once
+
+
+def test_singular_leaves_short_and_non_alphabetic_words() -> None:
+    assert singular("bus") == "bus"
+    assert singular("2ds") == "2ds"
+    assert singular("ties") == "tie"
+
+
+def test_non_string_is_refused() -> None:
+    with pytest.raises(TypeError):
+        normalise_concept(None)  # type: ignore[arg-type]
+
+
+def test_concept_id() -> None:
+    assert concept_id("topic", "algebra") == "topic:algebra"
+    assert concept_id("kc", "quadratic formula") == "kc:quadratic formula"
+    with pytest.raises(ValueError):
+        concept_id("skill", "algebra")
+    with pytest.raises(ValueError):
+        concept_id("kc", "")

@@ -1,0 +1,260 @@
+"""Level-3 concept graph: co-occurrence counts, weighted walks, grounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from synthllm.graph import (
+    KC_KC,
+    TOPIC_KC,
+    TOPIC_TOPIC,
+    ConceptGraph,
+    InvertedIndex,
+    assign_subsets,
+    build_graphs,
+    ground,
+    sample_combinations,
+)
+from synthllm.settings import GraphSettings
+
+
+def links_frame(rows: list[tuple[str, str, str | None]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema={"doc_id": pl.String, "topic_id": pl.String, "kc_id": pl.String}, orient="row")
+
+
+# d1: topics A, B; KCs x, y.   d2: topic A; KCs x, z.   d3: topics B, C; KC z.
+HAND_BUILT = links_frame([
+    ("d1", "topic:A", None), ("d1", "topic:A", "kc:x"), ("d1", "topic:A", "kc:y"),
+    ("d1", "topic:B", None), ("d1", "topic:B", "kc:y"),
+    ("d1", "topic:B", "kc:y"),  # a repeated link must not count twice
+    ("d2", "topic:A", None), ("d2", "topic:A", "kc:x"), ("d2", "topic:A", "kc:z"),
+    ("d3", "topic:B", None), ("d3", "topic:C", None), ("d3", "topic:C", "kc:z"),
+    ("d4", "topic:D", None),  # a topic alone in its document co-occurs with nothing
+])
+
+
+def edge_set(graph: ConceptGraph) -> set[tuple[str, str, str, int]]:
+    return {(r["kind"], r["src"], r["dst"], r["count"]) for r in graph.edges_frame().iter_rows(named=True)}
+
+
+def test_counts_and_subgraphs_on_a_hand_built_corpus() -> None:
+    (graph,) = build_graphs(HAND_BUILT, GraphSettings())
+    # Counted by hand: number of documents holding both ends.
+    assert edge_set(graph) == {
+        (TOPIC_TOPIC, "topic:A", "topic:B", 1),  # d1
+        (TOPIC_TOPIC, "topic:B", "topic:C", 1),  # d3
+        (TOPIC_KC, "topic:A", "kc:x", 2),  # d1, d2
+        (TOPIC_KC, "topic:A", "kc:y", 1),  # d1
+        (TOPIC_KC, "topic:A", "kc:z", 1),  # d2
+        (TOPIC_KC, "topic:B", "kc:x", 1),  # d1: same document, whichever topic the model put x under
+        (TOPIC_KC, "topic:B", "kc:y", 1),  # d1
+        (TOPIC_KC, "topic:B", "kc:z", 1),  # d3
+        (TOPIC_KC, "topic:C", "kc:z", 1),  # d3
+        (KC_KC, "kc:x", "kc:y", 1),  # d1
+        (KC_KC, "kc:x", "kc:z", 1),  # d2
+    }
+    assert graph.topics.to_list() == ["topic:A", "topic:B", "topic:C"]  # D has no edge
+    assert graph.kcs.to_list() == ["kc:x", "kc:y", "kc:z"]
+    frame = graph.edges_frame()
+    assert frame.columns == ["subset", "kind", "src", "dst", "count"]
+    assert frame["subset"].unique().to_list() == [0]
+
+
+def test_networkx_view_matches_the_counts() -> None:
+    (graph,) = build_graphs(HAND_BUILT, GraphSettings())
+    nx_graph = graph.to_networkx()
+    assert nx_graph.number_of_nodes() == 6
+    assert nx_graph.number_of_edges() == 11
+    assert nx_graph["topic:A"]["kc:x"] == {"kind": TOPIC_KC, "count": 2}
+    assert nx_graph.nodes["kc:z"]["kind"] == "kc"
+
+
+def test_links_are_validated() -> None:
+    with pytest.raises(ValueError, match="missing"):
+        build_graphs(HAND_BUILT.drop("kc_id"), GraphSettings())
+    with pytest.raises(ValueError, match="topic_id"):
+        build_graphs(links_frame([("d1", None, "kc:x")]), GraphSettings())  # type: ignore[list-item]
+
+
+def random_corpus(n_docs: int, seed: int, n_topics: int = 12, n_kcs: int = 40) -> pl.DataFrame:
+    """Skewed random concept sets: a few frequent topics and KCs, many rare ones."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for doc in range(n_docs):
+        for topic in set(rng.zipf(1.6, rng.integers(1, 4)) % n_topics):
+            rows.append((f"doc{doc:05d}", f"topic:t{topic}", None))
+            for kc in set(rng.zipf(1.4, rng.integers(0, 6)) % n_kcs):
+                rows.append((f"doc{doc:05d}", f"topic:t{topic}", f"kc:k{kc}"))
+    return links_frame(rows)
+
+
+def test_subsets_partition_the_documents_and_their_counts_add_up() -> None:
+    links = random_corpus(300, seed=3)
+    settings = GraphSettings(subset_size=100)
+    parts = assign_subsets(links, settings.subset_size)
+    per_doc = parts.group_by("doc_id").agg(pl.col("subset").n_unique())
+    assert per_doc["subset"].max() == 1  # every document in exactly one subset
+    assert sorted(parts["subset"].unique().to_list()) == [0, 1, 2]
+    assert assign_subsets(links.reverse(), 100).sort("doc_id", "topic_id", "kc_id").equals(
+        parts.sort("doc_id", "topic_id", "kc_id"))  # the hash, not the row order, decides
+    graphs = build_graphs(links, settings)
+    assert [g.subset for g in graphs] == [0, 1, 2]
+    (whole,) = build_graphs(links, GraphSettings(subset_size=10_000))
+    summed = (pl.concat([g.edges_frame() for g in graphs]).group_by("kind", "src", "dst")
+              .agg(pl.col("count").sum()).sort("kind", "src", "dst"))
+    assert summed.equals(whole.edges_frame().drop("subset").sort("kind", "src", "dst"))
+
+
+def test_step_probabilities_follow_counts_and_temperature() -> None:
+    (graph,) = build_graphs(HAND_BUILT, GraphSettings())
+    epsilon = 0.5
+    for temperature in (1.0, 3.0):
+        steps = graph.transitions(TOPIC_KC, epsilon, temperature)
+        neighbours, probability = steps.probabilities(0)  # topic:A -> x (2), y (1), z (1)
+        weight = np.array([2.0, 1.0, 1.0]) + epsilon
+        expected = weight ** (1 / temperature) / (weight ** (1 / temperature)).sum()
+        assert graph.kcs.gather(neighbours).to_list() == ["kc:x", "kc:y", "kc:z"]
+        np.testing.assert_allclose(probability, expected)
+
+
+def test_step_sampling_matches_the_probabilities() -> None:
+    (graph,) = build_graphs(HAND_BUILT, GraphSettings())
+    steps = graph.transitions(TOPIC_KC, epsilon=1e-3, temperature=1.0)
+    rng = np.random.default_rng(7)
+    draws = steps.step(np.zeros(20_000, dtype=np.int64), rng.random(20_000))
+    observed = np.bincount(draws, minlength=3)
+    proportional = np.array([2, 1, 1]) + 1e-3
+    assert stats.chisquare(observed, proportional / proportional.sum() * observed.sum()).pvalue > 1e-3
+    assert stats.chisquare(observed, np.full(3, observed.sum() / 3)).pvalue < 1e-9  # the test can fail
+
+
+def hub_corpus(n_spokes: int) -> pl.DataFrame:
+    """Each spoke topic shares 3 documents with hub H1 and 1 with hub H2, with its own KC."""
+    rows = []
+    for spoke in range(n_spokes):
+        docs = [(f"s{spoke}-{i}", "topic:H1") for i in range(3)] + [(f"s{spoke}-3", "topic:H2")]
+        for doc, hub in docs:
+            rows += [(doc, f"topic:S{spoke:03d}", f"kc:k{spoke}"), (doc, hub, None), (doc, hub, f"kc:h{hub}")]
+    return links_frame(rows)
+
+
+def first_step_counts(combinations: pl.DataFrame) -> np.ndarray:
+    spokes = combinations.filter(pl.col("start_topic").str.starts_with("topic:S"))
+    first = spokes["walk"].list.get(1)
+    return np.array([(first == "topic:H1").sum(), (first == "topic:H2").sum()])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_walks_step_in_proportion_to_counts(temperature: float) -> None:
+    (graph,) = build_graphs(hub_corpus(300), GraphSettings())
+    settings = GraphSettings(epochs=5, temperature=temperature, seed=11)
+    observed = first_step_counts(sample_combinations(graph, settings))
+    assert observed.sum() == 300 * 5  # every spoke walks once per epoch, first step to a hub
+    weight = (np.array([3.0, 1.0]) + settings.epsilon) ** (1 / temperature)
+    expected = weight / weight.sum() * observed.sum()
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    assert stats.chisquare(observed, np.full(2, observed.sum() / 2)).pvalue < 1e-6  # uniform is rejected
+
+
+def test_temperature_flattens_the_walk() -> None:
+    (graph,) = build_graphs(hub_corpus(300), GraphSettings())
+    shares = []
+    for temperature in (0.5, 1.0, 4.0):
+        observed = first_step_counts(sample_combinations(graph, GraphSettings(temperature=temperature)))
+        shares.append(observed[0] / observed.sum())
+    assert shares[0] > shares[1] > shares[2] > 0.5
+
+
+def test_walk_structure() -> None:
+    links = random_corpus(400, seed=5)
+    (graph,) = build_graphs(links, GraphSettings())
+    settings = GraphSettings(epochs=3)
+    combinations = sample_combinations(graph, settings)
+    edges = {(r["src"], r["dst"]) for r in graph.edges_frame().iter_rows(named=True)}
+    edges |= {(dst, src) for src, dst in edges}
+    assert combinations["combo_id"].n_unique() == combinations.height
+    for row in combinations.iter_rows(named=True):
+        walk = row["walk"]
+        kinds = [node.split(":")[0] for node in walk]
+        n_topics = kinds.index("kc")
+        assert kinds == ["topic"] * n_topics + ["kc"] * (len(walk) - n_topics)  # topics, then KCs
+        assert 1 <= n_topics <= 3 and 2 <= len(walk) - n_topics <= 5  # start + <=2 steps; 1 + <=4
+        assert all(step in edges for step in zip(walk, walk[1:]))
+        assert row["start_topic"] == walk[0]
+        assert row["topics"] == list(dict.fromkeys(walk[:n_topics]))
+        assert row["kcs"] == list(dict.fromkeys(walk[n_topics:]))
+
+
+def test_isolated_topics_start_nothing_and_stuck_topics_stay_put() -> None:
+    # topic:A has no topic neighbour: its walk has no topic step but still reaches its KCs.
+    links = links_frame([("d1", "topic:A", "kc:x"), ("d1", "topic:A", "kc:y"), ("d2", "topic:Z", None)])
+    (graph,) = build_graphs(links, GraphSettings())
+    combinations = sample_combinations(graph, GraphSettings(epochs=2))
+    assert combinations["start_topic"].to_list() == ["topic:A", "topic:A"]
+    for walk in combinations["walk"].to_list():
+        assert walk[0] == "topic:A" and set(walk[1:]) <= {"kc:x", "kc:y"}
+
+
+def test_sampling_is_reproducible_and_seeded() -> None:
+    links = random_corpus(300, seed=9)
+    graphs = build_graphs(links, GraphSettings(subset_size=150))
+    settings = GraphSettings(subset_size=150, seed=4)
+    first = [sample_combinations(g, settings) for g in graphs]
+    again = [sample_combinations(g, settings) for g in reversed(graphs)][::-1]  # other order, same result
+    assert all(a.equals(b) for a, b in zip(first, again))
+    other = sample_combinations(graphs[0], settings.model_copy(update={"seed": 5}))
+    assert not other["walk"].equals(first[0]["walk"])
+    rebuilt = ConceptGraph.from_edges(graphs[1].edges_frame(), subset=graphs[1].subset)
+    assert sample_combinations(rebuilt, settings).equals(first[1])  # edges table round trip
+
+
+def test_budget_keeps_a_random_subset_and_smaller_budgets_nest() -> None:
+    (graph,) = build_graphs(random_corpus(400, seed=2), GraphSettings())
+    settings = GraphSettings(epochs=3)
+    everything = sample_combinations(graph, settings)
+    small, large = (sample_combinations(graph, settings, budget) for budget in (graph.n_topics // 2, graph.n_topics + 3))
+    assert small.height == graph.n_topics // 2 and large.height == graph.n_topics + 3
+    assert set(small["combo_id"]) <= set(large["combo_id"]) <= set(everything["combo_id"])
+    # the cut epoch keeps a seeded choice of walkers, not the alphabetically first topics
+    assert small["start_topic"].to_list() != sorted(everything.filter(pl.col("epoch") == 0)["start_topic"])[: small.height]
+
+
+def brute_force_references(links: pl.DataFrame, topics: list[str], kcs: list[str], k: int) -> tuple[list[str], list[float]]:
+    concepts = {("t", t) for t in topics} | {("k", c) for c in kcs}
+    documents: dict[str, set[tuple[str, str]]] = {}
+    for doc, topic, kc in links.iter_rows():
+        documents.setdefault(doc, set()).add(("t", topic))
+        if kc is not None:
+            documents[doc].add(("k", kc))
+    scored = sorted((-len(concepts & held) / len(concepts | held), doc)
+                    for doc, held in documents.items() if concepts & held)
+    return [doc for _, doc in scored[:k]], [-score for score, _ in scored[:k]]
+
+
+@pytest.mark.parametrize(("full_expansion_df", "references"), [(1, 2), (4, 3), (10_000, 2)])
+def test_grounding_returns_the_true_top_k(full_expansion_df: int, references: int) -> None:
+    links = random_corpus(500, seed=13)
+    (graph,) = build_graphs(links, GraphSettings())
+    combinations = sample_combinations(graph, GraphSettings(epochs=3))
+    extra = pl.DataFrame({  # concepts the index has never seen must count in the union, not match
+        "topics": [["topic:t1", "topic:nowhere"], ["topic:nowhere"]], "kcs": [["kc:k0", "kc:none"], []],
+    })
+    combinations = pl.concat([combinations.select("topics", "kcs"), extra])
+    index = InvertedIndex.from_links(links, full_expansion_df=full_expansion_df)
+    # small batches and two threads: many batches, rows split across them
+    grounded = ground(combinations, index, references, workers=2, batch_postings=300)
+    for row in grounded.iter_rows(named=True):
+        docs, scores = brute_force_references(links, row["topics"], row["kcs"], references)
+        assert row["ref_doc_ids"] == docs
+        np.testing.assert_allclose(row["ref_jaccard"], scores)
+    assert grounded["ref_doc_ids"].to_list()[-1] == []
+
+
+def test_grounding_breaks_ties_by_doc_id() -> None:
+    links = links_frame([(doc, "topic:A", "kc:x") for doc in ("d3", "d1", "d2")] + [("d0", "topic:B", None)])
+    grounded = ground(pl.DataFrame({"topics": [["topic:A"]], "kcs": [["kc:x"]]}), links, 2)
+    assert grounded["ref_doc_ids"].to_list() == [["d1", "d2"]]
+    assert grounded["ref_jaccard"].to_list() == [[1.0, 1.0]]
