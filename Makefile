@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/synthllm run data/sample/*.jsonl --store $(STORE) --config configs/demo.yaml
+	$(BIN)/synthllm run data/sample/openstax-*.jsonl --store $(STORE) --config configs/demo.yaml
 	$(BIN)/synthllm status --store $(STORE)
 
 test: install

@@ -53,7 +53,7 @@ def main() -> None:
         timings, calls = [], []
         for _ in range(2):
             started = time.perf_counter()
-            summary = synthesize_flow(store=url, overrides=overrides)
+            synthesize_flow(store=url, overrides=overrides)
             timings.append(time.perf_counter() - started)
             usage = store.query("SELECT coalesce(sum(calls), 0) AS calls FROM llm_usage WHERE run_id = ?",
                                 [summary_run_id(store)])

@@ -90,8 +90,10 @@ def status(
     console.print(f"[bold]store[/]: {report['store']}")
     _print_table("tables", [{"table": k, "rows": v} for k, v in report["tables"].items()])
     _print_table("failures", report["failures"])
-    _print_table("runs", report["runs"])
-    _print_table("llm usage", report["llm_usage"])
+    _print_table("runs", [{k: v for k, v in run.items() if k != "summary"} for run in report["runs"]])
+    usage_columns = ("stage", "model", "requests", "calls", "cached", "failures", "prompt_tokens",
+                     "completion_tokens", "seconds")
+    _print_table("llm usage (latest runs)", [{k: row[k] for k in usage_columns} for row in report["llm_usage"]])
 
 
 @app.command()

@@ -37,11 +37,11 @@ from sklearn.linear_model import Ridge, RidgeCV, SGDClassifier
 from sklearn.model_selection import KFold, cross_val_predict
 
 from synthllm.engines.base import ChatRequest, ChatResult
-from synthllm.generation import failure_from_result
-from synthllm.prompts import Prompt, load_prompt
+from synthllm.generation import failure_from_result, make_request
+from synthllm.prompts import load_prompt
 from synthllm.resources import read_sql
 from synthllm.runs import Failure
-from synthllm.settings import FilterSettings, SamplingSettings
+from synthllm.settings import FilterSettings
 from synthllm.store import Store, stable_hash
 
 RATE_PROMPT = "rate_document"
@@ -185,22 +185,11 @@ def load_model(store: Store, round_: int, version: str) -> FilterModel:
 
 
 # --------------------------------------------------------------------------- LLM requests
-def _request(prompt: Prompt, sampling: SamplingSettings, seed: int, **values: str) -> ChatRequest:
-    return ChatRequest.of(
-        prompt.render(**values),
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=sampling.max_tokens,
-        seed=seed,
-        json_schema=prompt.schema,
-    )
-
-
 def rating_requests(texts: Sequence[str], settings: FilterSettings) -> list[ChatRequest]:
     prompt = load_prompt(RATE_PROMPT)
     sampling = settings.rater_sampling
     return [
-        _request(prompt, sampling, sampling.seed, domain=settings.domain, document=text[: settings.rater_chars])
+        make_request(prompt, sampling, sampling.seed, domain=settings.domain, document=text[: settings.rater_chars])
         for text in texts
     ]
 
@@ -267,7 +256,7 @@ def example_requests(specs: Sequence[ExampleSpec], settings: FilterSettings) -> 
     prompt = load_prompt(WRITE_PROMPT)
     sampling = settings.writer_sampling
     return [
-        _request(prompt, sampling, sampling.seed + spec.index, domain=settings.domain, kind=spec.kind, level=spec.level)
+        make_request(prompt, sampling, sampling.seed + spec.index, domain=settings.domain, kind=spec.kind, level=spec.level)
         for spec in specs
     ]
 

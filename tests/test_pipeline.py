@@ -12,7 +12,7 @@ import pytest
 from flows.synthesize import synthesize_flow
 from scripted_llm import PipelineResponder
 from synthllm.engines.scripted import ScriptedEngine
-from synthllm.pipeline import EngineUnavailable, install_engine
+from synthllm.pipeline import install_engine
 from synthllm.settings import load_settings
 from synthllm.store import Store
 from tasks.ingest import ingest_file
