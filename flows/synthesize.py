@@ -13,8 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from synthllm.generation import PROMPTS
-from synthllm.engines.registry import engine_model_id
-from synthllm.pipeline import pending_items, plan_shards, select_documents
+from synthllm.pipeline import engine_model_id, pending_items, plan_shards, select_documents
 from synthllm.prompts import load_prompt
 from synthllm.resources import read_sql
 from synthllm.runs import public_params, recorded_run
@@ -60,7 +59,7 @@ class StageRunner:
         """Shards of the items this stage has not dealt with yet (for this prompt and model)."""
         key = stage_key(self.settings, stage)
         engine = self.settings.answer_engine if stage == "answer" else self.settings.engine
-        pending = pending_items(self.store, stage, item_ids, key["prompt"], engine_model_id(engine))
+        pending = pending_items(self.store, stage, item_ids, key["prompt"], engine_model_id(self.store, engine))
         shards = plan_shards(self.store, stage, pending, self.settings.generation.shard_size, key)
         return [(stage, shard_id) for shard_id in shards]
 

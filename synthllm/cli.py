@@ -131,6 +131,21 @@ def run(
     console.print(f"[bold]dataset[/]: {result.get('export')}")
 
 
+@app.command(name="retry-failures")
+def retry_failures(
+    stage: Annotated[str, typer.Argument(help="concepts, level1, level2, level3, answer, rate or cold_start.")],
+    store: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Clear a stage's failures: the next run retries those items (reruns skip them otherwise)."""
+    from synthllm.runs import clear_failures
+    from synthllm.settings import load_settings
+    from synthllm.store import Store
+
+    removed = clear_failures(Store(load_settings(config, store=store).store), stage)
+    console.print(f"cleared {removed} failure shard(s) of stage {stage}; rerun to retry those items")
+
+
 def _mount_subcommands() -> None:
     """Sub-apps live next to their logic: ``synthllm scaling ...`` and the curation commands."""
     from synthllm.commands import curate, scaling

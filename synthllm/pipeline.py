@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from synthllm.engines.base import ChatRequest, ChatResult, Engine
 from synthllm.engines.client import ENGINE_UNREACHABLE, LLM
+from synthllm.engines.registry import engine_model_id as registry_model_id
 from synthllm.engines.registry import make_engine
 from synthllm.generation import Provenance, failure_from_result, provenance
 from synthllm.prompts import Prompt
@@ -99,6 +100,14 @@ def install_engine(store: Store, engine_settings: EngineSettings, engine: Engine
     with _LLMS_LOCK:
         _LLMS[_engine_key(store, engine_settings)] = llm
     return llm
+
+
+def engine_model_id(store: Store, engine_settings: EngineSettings) -> str:
+    """The model id rows will carry: the engine's own when one is open in this process, else the
+    registry's answer (which loads nothing: planning happens where no engine may be)."""
+    with _LLMS_LOCK:
+        llm = _LLMS.get(_engine_key(store, engine_settings))
+    return llm.engine.model_id if llm is not None else registry_model_id(engine_settings)
 
 
 def open_llm(store: Store, engine_settings: EngineSettings) -> LLM:

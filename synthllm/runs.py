@@ -114,3 +114,14 @@ def recorded_run(store: Store, flow: str, params_json: str) -> Iterator[tuple[st
         record_run_event(store, run_id, flow, "failed", params_json, summary)
         raise
     record_run_event(store, run_id, flow, "finished", params_json, summary)
+
+
+def clear_failures(store: Store, stage: str) -> int:
+    """Forget a stage's recorded failures so the next run asks the LLM for those items again."""
+    if stage == "ingest":
+        raise ValueError("ingest failures are bad input records: fix the source and re-ingest it")
+    prefix = f"{stage}-"
+    shards = sorted(s for s in store.shard_ids("failures") if s.startswith(prefix))
+    for shard_id in shards:
+        store.fs.rm(store.shard_path("failures", shard_id))
+    return len(shards)

@@ -145,3 +145,29 @@ def test_dead_engine_leaves_shard_unwritten(prefect_harness, sample_store: str) 
     engine = scripted(sample_store, overrides=overrides)
     synthesize_flow(store=sample_store, overrides=overrides)
     assert store.read_table("questions").height > 0 and engine.calls > 0
+
+
+def test_retry_failures_replans_only_failed_items(prefect_harness, sample_store: str) -> None:
+    overrides = {**OVERRIDES, "generation.levels": [1], "generation.max_documents": 4}
+    from synthllm.pipeline import select_documents
+
+    store = Store(sample_store)
+    first = select_documents(store, load_settings(overrides=overrides, store=sample_store))[0]
+    victim = store.read_table("documents").filter(pl.col("doc_id") == first)["text"][0][:60]
+    scripted(sample_store, PipelineResponder(bad_documents=(victim,)), overrides)
+    synthesize_flow(store=sample_store, overrides=overrides)
+    failed = set(store.read_table("failures").filter(pl.col("stage") == "level1")["item_id"])
+    engine = scripted(sample_store, overrides=overrides)
+    synthesize_flow(store=sample_store, overrides=overrides)
+    assert engine.calls == 0  # failures are not retried by a plain rerun
+
+    from typer.testing import CliRunner
+
+    from synthllm.cli import app
+
+    result = CliRunner().invoke(app, ["retry-failures", "level1", "--store", sample_store])
+    assert result.exit_code == 0, result.output
+    synthesize_flow(store=sample_store, overrides=overrides)
+    retried_docs = {r.messages[-1]["content"] for r in engine.requests if r.json_schema}
+    assert len(retried_docs) == len(failed) and len(failed) >= 1
+    assert store.read_table("failures").filter(pl.col("stage") == "level1").is_empty()
