@@ -9,7 +9,7 @@ from synthllm.ingest import expand_sources
 from synthllm.runs import public_params, recorded_run
 from synthllm.settings import load_settings, settings_payload
 from synthllm.store import Store
-from tasks.common import cached_shard_options
+from tasks.common import shard_task_options
 from tasks.ingest import ingest_source
 
 
@@ -32,7 +32,7 @@ def ingest_flow(
     target.check_reachable()
     files = expand_sources(sources, settings.store)
     payload = settings_payload(settings)
-    task = ingest_source.with_options(**cached_shard_options(target, settings))
+    task = ingest_source.with_options(**shard_task_options(target, settings))
     with recorded_run(target, "ingest", public_params(settings, sources=sources)) as (run_id, summary):
         totals = {"files": len(files), "shards": 0, "skipped_shards": 0, "documents": 0, "failures": 0, "records": 0}
         # One ordered pass over the files: exact dedup across files needs a single writer.

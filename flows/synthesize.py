@@ -19,7 +19,7 @@ from synthllm.resources import read_sql
 from synthllm.runs import public_params, recorded_run
 from synthllm.settings import Settings, load_settings, settings_payload
 from synthllm.store import Store
-from tasks.common import cached_shard_options, make_task_runner
+from tasks.common import shard_task_options, make_task_runner
 from tasks.generation import generate_shard
 from tasks.graph import build_concept_graph
 
@@ -48,7 +48,7 @@ class StageRunner:
     def __init__(self, store: Store, settings: Settings, run_id: str, total_stages: int, task_runner) -> None:
         self.store, self.settings, self.run_id = store, settings, run_id
         self.task_runner = task_runner
-        self.task = generate_shard.with_options(**cached_shard_options(store, settings))
+        self.task = generate_shard.with_options(**shard_task_options(store, settings, cached=False))
         self.payload = settings_payload(settings)
         self.total_stages, self.done_stages = total_stages, 0
         self.progress = create_progress_artifact(progress=0.0, key="synthesize-progress",
@@ -122,7 +122,7 @@ def _run_stages(runner: StageRunner, doc_ids: list[str], levels: set[int], summa
         ready = set(target.query(read_sql("documents_with_concepts.sql"))["doc_id"].to_list())
         runner.run(runner.plan("level2", [d for d in doc_ids if d in ready]))
     if 3 in levels:
-        graph = build_concept_graph.with_options(**cached_shard_options(target, settings))(
+        graph = build_concept_graph.with_options(**shard_task_options(target, settings))(
             runner.payload, run_id, sorted(target.shard_ids("document_concepts")))
         combos = target.query(read_sql("graph_combinations.sql"), [graph["graph_key"]])["combo_id"].to_list()
         if settings.generation.max_combinations is not None:

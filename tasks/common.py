@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -37,12 +37,15 @@ def result_storage(store: Store):
     return block
 
 
-def cached_shard_options(store: Store, settings: Settings) -> dict[str, Any]:
-    """Options for shard tasks: cached across runs in the store, retried, results not kept in memory."""
+def shard_task_options(store: Store, settings: Settings, cached: bool = True) -> dict[str, Any]:
+    """Options for shard tasks: results persisted in the store, retried, not kept in memory, and
+    (``cached``) reused across runs by input. Generation shards pass ``cached=False``: the flow
+    plans only items with no stored output, so a planned shard always has work to do, and a
+    Prefect cache hit could only hide output someone deleted."""
     return {
         "persist_result": True,
         "result_storage": result_storage(store),
-        "cache_policy": SHARD_CACHE_POLICY,
+        "cache_policy": SHARD_CACHE_POLICY if cached else NO_CACHE,
         "cache_result_in_memory": False,
         "retries": settings.orchestration.task_retries,
         "retry_delay_seconds": settings.orchestration.retry_delay_s,
