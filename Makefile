@@ -32,8 +32,10 @@ demo: install
 	$(BIN)/synthllm run data/sample/openstax-*.jsonl --store $(STORE) --config configs/demo.yaml
 	$(BIN)/synthllm status --store $(STORE)
 
+# The main suite, then the vLLM CPU build's tests in their own venv (about 4 minutes the first time).
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-vllm
 
 # vLLM's CPU build lives in its own venv (it pins torch and pulls packages that clash).
 test-vllm:
