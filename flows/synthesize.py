@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from synthllm.generation import PROMPTS
+from synthllm.generation import PROMPTS, stage_engine
 from synthllm.pipeline import engine_model_id, pending_items, plan_shards, select_documents
 from synthllm.prompts import load_prompt
 from synthllm.resources import read_sql
@@ -26,7 +26,7 @@ from tasks.graph import build_concept_graph
 
 def stage_key(settings: Settings, stage: str) -> dict[str, Any]:
     """What makes a stage's output differ: prompt version, model and sampling parameters."""
-    engine = settings.answer_engine if stage == "answer" else settings.engine
+    engine = stage_engine(settings, stage)
     sampling = settings.answer.sampling if stage == "answer" else settings.generation.sampling
     return {
         "prompt": load_prompt(PROMPTS[stage]).version,
@@ -58,7 +58,7 @@ class StageRunner:
     def plan(self, stage: str, item_ids: list[str]) -> list[tuple[str, str]]:
         """Shards of the items this stage has not dealt with yet (for this prompt and model)."""
         key = stage_key(self.settings, stage)
-        engine = self.settings.answer_engine if stage == "answer" else self.settings.engine
+        engine = stage_engine(self.settings, stage)
         pending = pending_items(self.store, stage, item_ids, key["prompt"], engine_model_id(self.store, engine))
         shards = plan_shards(self.store, stage, pending, self.settings.generation.shard_size, key)
         return [(stage, shard_id) for shard_id in shards]

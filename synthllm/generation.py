@@ -17,7 +17,7 @@ from synthllm.concepts import concept_id, normalise_concept
 from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.prompts import Prompt, load_prompt
 from synthllm.runs import Failure, utcnow
-from synthllm.settings import SamplingSettings, Settings
+from synthllm.settings import EngineSettings, SamplingSettings, Settings
 from synthllm.store import stable_hash
 
 PROMPTS = {
@@ -27,6 +27,11 @@ PROMPTS = {
     "level3": "level3_questions",
     "answer": "answer_question",
 }
+
+
+def stage_engine(settings: Settings, stage: str) -> EngineSettings:
+    """Answers may use their own model (``answer.engine``); every other stage the generation engine."""
+    return settings.answer_engine if stage == "answer" else settings.engine
 
 
 @dataclass(frozen=True)

@@ -32,26 +32,40 @@ def engine_slot(settings: Settings):
     return (lambda: concurrency(limit, occupy=1, strict=True)) if limit else nullcontext
 
 
+# Output table of each stage: a shard is done once its file exists there.
+STAGE_TABLES = {
+    "concepts": "document_concepts",
+    "level1": "questions",
+    "level2": "questions",
+    "level3": "questions",
+    "answer": "answers",
+}
+
+
+def _run_stage(settings: Settings, store: Store, stage: str, shard_id: str, run_id: str, items: list[dict],
+               item_key: str, build_request, build_rows) -> ShardSummary:
+    """One stage's shard through its engine (the answer engine for answers), prompt and table."""
+    return run_llm_shard(
+        store, open_llm(store, gen.stage_engine(settings, stage)), stage=stage, table=STAGE_TABLES[stage],
+        shard_id=shard_id, run_id=run_id, items=items, item_key=item_key, prompt=load_prompt(gen.PROMPTS[stage]), build_request=build_request,
+        build_rows=build_rows, engine_slot=engine_slot(settings),
+    )
+
+
 def concepts_shard_body(settings: Settings, store: Store, shard_id: str, run_id: str) -> ShardSummary:
-    if store.has_shard("document_concepts", shard_id):
-        return ShardSummary(shard_id, skipped=True)
     docs = fetch_rows(store, "documents", "doc_id", read_plan(store, "concepts", shard_id), "doc_id, text")
 
     def rows(doc: dict, result, origin) -> list[dict] | Failure:
         links = gen.concept_link_rows(doc["doc_id"], result.parsed, origin)
         return links or Failure("concepts", doc["doc_id"], "no_concepts", "reply held no usable topic", result.text)
 
-    return run_llm_shard(
-        store, open_llm(store, settings.engine), stage="concepts", table="document_concepts", shard_id=shard_id,
-        run_id=run_id, items=docs.to_dicts(), item_key="doc_id", prompt=load_prompt(gen.PROMPTS["concepts"]),
+    return _run_stage(
+        settings, store, "concepts", shard_id, run_id, items=docs.to_dicts(), item_key="doc_id",
         build_request=lambda doc: gen.concept_request(doc, settings), build_rows=rows,
-        engine_slot=engine_slot(settings),
     )
 
 
 def level1_shard_body(settings: Settings, store: Store, shard_id: str, run_id: str) -> ShardSummary:
-    if store.has_shard("questions", shard_id):
-        return ShardSummary(shard_id, skipped=True)
     docs = fetch_rows(store, "documents", "doc_id", read_plan(store, "level1", shard_id), "doc_id, text")
     limit = settings.generation.l1_max_questions
 
@@ -62,17 +76,13 @@ def level1_shard_body(settings: Settings, store: Store, shard_id: str, run_id: s
         built = gen.question_rows(1, doc["doc_id"], result.parsed, origin, [doc["doc_id"]], limit=limit)
         return built or Failure("level1", doc["doc_id"], "no_questions", "reply held no usable question", result.text)
 
-    return run_llm_shard(
-        store, open_llm(store, settings.engine), stage="level1", table="questions", shard_id=shard_id,
-        run_id=run_id, items=docs.to_dicts(), item_key="doc_id", prompt=load_prompt(gen.PROMPTS["level1"]),
+    return _run_stage(
+        settings, store, "level1", shard_id, run_id, items=docs.to_dicts(), item_key="doc_id",
         build_request=lambda doc: gen.level1_request(doc, settings), build_rows=rows,
-        engine_slot=engine_slot(settings),
     )
 
 
 def level2_shard_body(settings: Settings, store: Store, shard_id: str, run_id: str) -> ShardSummary:
-    if store.has_shard("questions", shard_id):
-        return ShardSummary(shard_id, skipped=True)
     doc_ids = read_plan(store, "level2", shard_id)
     docs = fetch_rows(store, "documents", "doc_id", doc_ids, "doc_id, text").to_dicts()
     links = fetch_rows(store, "document_concepts", "doc_id", doc_ids, "doc_id, kc_id, kc_surface")
@@ -88,17 +98,14 @@ def level2_shard_body(settings: Settings, store: Store, shard_id: str, run_id: s
                                   allowed_concepts=allowed, limit=limit)
         return built or Failure("level2", doc["doc_id"], "no_questions", "reply held no usable question", result.text)
 
-    return run_llm_shard(
-        store, open_llm(store, settings.engine), stage="level2", table="questions", shard_id=shard_id,
-        run_id=run_id, items=docs, item_key="doc_id", prompt=load_prompt(gen.PROMPTS["level2"]),
+    return _run_stage(
+        settings, store, "level2", shard_id, run_id, items=docs, item_key="doc_id",
         build_request=lambda doc: gen.level2_request(doc, list(concepts[doc["doc_id"]].values()), settings),
-        build_rows=rows, engine_slot=engine_slot(settings),
+        build_rows=rows,
     )
 
 
 def level3_shard_body(settings: Settings, store: Store, shard_id: str, run_id: str) -> ShardSummary:
-    if store.has_shard("questions", shard_id):
-        return ShardSummary(shard_id, skipped=True)
     combos = fetch_rows(store, "concept_combinations", "combo_id", read_plan(store, "level3", shard_id)).to_dicts()
     ref_ids = sorted({d for c in combos for d in c["ref_doc_ids"]})
     texts = dict(fetch_rows(store, "documents", "doc_id", ref_ids, "doc_id, text").iter_rows())
@@ -115,18 +122,15 @@ def level3_shard_body(settings: Settings, store: Store, shard_id: str, run_id: s
         return built or Failure("level3", combo["combo_id"], "no_questions", "reply held no usable question",
                                 result.text)
 
-    return run_llm_shard(
-        store, open_llm(store, settings.engine), stage="level3", table="questions", shard_id=shard_id,
-        run_id=run_id, items=combos, item_key="combo_id", prompt=load_prompt(gen.PROMPTS["level3"]),
+    return _run_stage(
+        settings, store, "level3", shard_id, run_id, items=combos, item_key="combo_id",
         build_request=lambda combo: gen.level3_request(
             combo, [texts[d] for d in combo["ref_doc_ids"] if d in texts], names, settings),
-        build_rows=rows, engine_slot=engine_slot(settings),
+        build_rows=rows,
     )
 
 
 def answer_shard_body(settings: Settings, store: Store, shard_id: str, run_id: str) -> ShardSummary:
-    if store.has_shard("answers", shard_id):
-        return ShardSummary(shard_id, skipped=True)
     questions = fetch_rows(store, "questions", "question_id", read_plan(store, "answer", shard_id),
                            "question_id, question").to_dicts()
 
@@ -135,11 +139,9 @@ def answer_shard_body(settings: Settings, store: Store, shard_id: str, run_id: s
         return [row] if row else Failure("answer", question["question_id"], "truncated",
                                          "every sample hit max_tokens or was empty", result.text)
 
-    return run_llm_shard(
-        store, open_llm(store, settings.answer_engine), stage="answer", table="answers", shard_id=shard_id,
-        run_id=run_id, items=questions, item_key="question_id", prompt=load_prompt(gen.PROMPTS["answer"]),
+    return _run_stage(
+        settings, store, "answer", shard_id, run_id, items=questions, item_key="question_id",
         build_request=lambda q: gen.answer_request(q, settings), build_rows=rows,
-        engine_slot=engine_slot(settings),
     )
 
 
@@ -160,4 +162,6 @@ def generate_shard(stage: str, shard_id: str, settings_payload: dict[str, Any], 
     (``prefect gcl create gpu --limit <GPUs>``) keeps engine shards from outnumbering the GPUs.
     """
     settings, store = _open(settings_payload)
+    if store.has_shard(STAGE_TABLES[stage], shard_id):
+        return {"stage": stage, **ShardSummary(shard_id, skipped=True).as_dict()}
     return {"stage": stage, **STAGE_BODIES[stage](settings, store, shard_id, run_id).as_dict()}
