@@ -47,8 +47,8 @@ def _run_stage(settings: Settings, store: Store, stage: str, shard_id: str, run_
     """One stage's shard through its engine (the answer engine for answers), prompt and table."""
     return run_llm_shard(
         store, open_llm(store, gen.stage_engine(settings, stage)), stage=stage, table=STAGE_TABLES[stage],
-        shard_id=shard_id, run_id=run_id, items=items, item_key=item_key, prompt=load_prompt(gen.PROMPTS[stage]), build_request=build_request,
-        build_rows=build_rows, engine_slot=engine_slot(settings),
+        shard_id=shard_id, run_id=run_id, items=items, item_key=item_key, prompt=load_prompt(gen.PROMPTS[stage]),
+        build_request=build_request, build_rows=build_rows, engine_slot=engine_slot(settings),
     )
 
 
