@@ -1,13 +1,21 @@
-"""Benchmark: exact + near-duplicate detection over synthetic questions.
+"""Benchmark: exact + near-duplicate detection over synthetic questions, three ways side by side.
 
 Questions are templated maths word problems with random names, items and numbers; a share of
-them are planted copies (exact copies with case/punctuation changes, and near-duplicates: one
-word changed or a short phrase appended). Each size runs in its own process so peak RSS is per
-size. Prints one JSON object per size, e.g.::
+them are planted copies (exact copies with case/punctuation changes, and near-duplicates: a short
+phrase appended). The same questions, in the same keep-first order, go through:
 
-    python bench/dedup.py --sizes 100000 1000000
+* ``synthllm``: :func:`synthllm.curation.dedup.dedup` (banded LSH in numpy, exact Jaccard check)
+* ``rensa``: rensa's ``RMinHash`` + ``RMinHashLSH`` (Rust), estimated-Jaccard check
+* ``datasketch``: datasketch ``MinHashLSH`` over the same signatures, exact Jaccard check (the
+  previous synthllm dedup)
 
-Target: 1M questions in under 5 minutes on 2 cores.
+Each (size, method) runs in its own process, so peak RSS is per run; the input is generated once
+per size into a Parquet file by another process. Prints one JSON object::
+
+    python bench/dedup.py --sizes 200000 1000000 --methods synthllm rensa datasketch
+
+Targets: 10M questions in <= 10 min on 2 cores and <= 8 GB peak RSS; planted near-duplicates
+found >= 96 %.
 """
 
 from __future__ import annotations
@@ -18,8 +26,12 @@ import random
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
 
 import polars as pl
 
@@ -95,7 +107,7 @@ def synthetic_questions(size: int, planted_share: float = 0.04, seed: int = 0) -
 
 
 def shingle_jaccard(first: list[str], second: list[str], shingle: int) -> float:
-    """True Jaccard similarity of two word lists' shingle sets (short texts: one whole-text shingle)."""
+    """True Jaccard similarity of two token lists' shingle sets (short texts: one whole-text shingle)."""
     def shingles(words: list[str]) -> set[tuple[str, ...]]:
         return {tuple(words[i : i + shingle]) for i in range(max(1, len(words) - shingle + 1))}
 
@@ -103,90 +115,170 @@ def shingle_jaccard(first: list[str], second: list[str], shingle: int) -> float:
     return len(a & b) / len(a | b)
 
 
-def run_size(size: int) -> dict:
-    from synthllm.curation.dedup import exact_duplicates, near_duplicates, order_questions
+def generate(size: int, folder: Path) -> None:
+    """Questions and planted pairs as Parquet (run in its own process: the generator is big)."""
+    frame, planted = synthetic_questions(size)
+    frame.write_parquet(folder / "questions.parquet")
+    pairs = [(kind, copy, source) for kind, found in planted.items() for copy, source in found]
+    pl.DataFrame(pairs, schema=["kind", "copy", "source"], orient="row").write_parquet(folder / "planted.parquet")
+
+
+def synthllm_dropped(frame: pl.DataFrame, settings) -> tuple[set[str], set[str]]:
+    from synthllm.curation.dedup import dedup
+
+    rows = dedup(frame, settings).filter(~pl.col("kept"))
+    return (set(rows.filter(pl.col("check_name") == "exact_dup")["question_id"]),
+            set(rows.filter(pl.col("check_name") == "near_dup")["question_id"]))
+
+
+def _ordered_shingles(frame: pl.DataFrame, settings):
+    """Exact duplicates the synthllm way, then each survivor's signature and shingle set, in keep-first order."""
+    from synthllm.curation.dedup import MinHasher, content_order, first_of_equal
+    from synthllm.curation.text import WordBatch
+
+    words = WordBatch.from_texts(frame["question"])
+    order = content_order(frame, words.text_hashes())
+    first = first_of_equal(words.text_hashes()[order])
+    exact = set(frame["question_id"].gather(order[first < np.arange(len(order))]))
+    survivors = order[first == np.arange(len(order))]
+    hasher = MinHasher(num_perm=settings.minhash_num_perm, shingle=settings.minhash_shingle)
+    return exact, survivors, WordBatch.from_texts(frame["question"].gather(survivors)), hasher
+
+
+def datasketch_dropped(frame: pl.DataFrame, settings) -> tuple[set[str], set[str]]:
+    """The previous synthllm near-dup: datasketch MinHashLSH, exact Jaccard of shingle sets."""
+    from datasketch import LeanMinHash, MinHashLSH
+
+    from synthllm.curation.dedup import LSH_WEIGHTS, MINHASH_SCHEME
+
+    exact, survivors, words, hasher = _ordered_shingles(frame, settings)
+    hashes, owners = hasher.shingle_hashes(words)
+    signatures = hasher.signatures_of(hashes, owners, len(words))
+    order = np.lexsort((hashes, owners))
+    sets = np.split(hashes[order], np.searchsorted(owners[order], np.arange(1, len(words))))
+    sets = [np.unique(s) for s in sets]
+    lsh = MinHashLSH(threshold=settings.minhash_threshold, num_perm=settings.minhash_num_perm, weights=LSH_WEIGHTS)
+    ids = frame["question_id"].gather(survivors).to_list()
+    near = set()
+    for row in range(len(words)):
+        minhash = LeanMinHash(seed=hasher.seed, hashvalues=signatures[row], scheme=MINHASH_SCHEME)
+        similar = False
+        for candidate in lsh.query(minhash):
+            shared = np.intersect1d(sets[row], sets[candidate], assume_unique=True).size
+            if shared / (sets[row].size + sets[candidate].size - shared) >= settings.minhash_threshold:
+                similar = True
+                break
+        if similar:
+            near.add(ids[row])
+        else:
+            lsh.insert(row, minhash, check_duplication=False)
+    return exact, near
+
+
+def rensa_dropped(frame: pl.DataFrame, settings) -> tuple[set[str], set[str]]:
+    """rensa RMinHash + RMinHashLSH over the same shingles, rensa's estimated Jaccard as the check."""
+    from rensa import RMinHash, RMinHashLSH
+
+    from synthllm.curation.text import word_lists
+
+    exact, survivors, _, _ = _ordered_shingles(frame, settings)
+    bands = RENSA_BANDS  # rensa needs num_perm divisible by the band count: 16 x 8 (ours: 14 x 9)
+    lsh = RMinHashLSH(settings.minhash_threshold, settings.minhash_num_perm, bands)
+    size = settings.minhash_shingle
+    ids = frame["question_id"].gather(survivors).to_list()
+    minhashes = []
+    near = set()
+    for row, words in enumerate(word_lists(frame["question"].gather(survivors)).to_list()):
+        minhash = RMinHash(settings.minhash_num_perm, 42)
+        minhash.update([" ".join(words[i : i + size]) for i in range(max(1, len(words) - size + 1))])
+        minhashes.append(minhash)
+        if any(minhash.jaccard(minhashes[c]) >= settings.minhash_threshold for c in lsh.query(minhash)):
+            near.add(ids[row])
+        else:
+            lsh.insert(row, minhash)
+    return exact, near
+
+
+RENSA_BANDS = 16
+METHODS = {"synthllm": synthllm_dropped, "rensa": rensa_dropped, "datasketch": datasketch_dropped}
+
+
+def run_method(method: str, folder: Path) -> dict:
     from synthllm.curation.text import word_lists
     from synthllm.settings import CurationSettings
 
     settings = CurationSettings()
-    frame, planted = synthetic_questions(size)
-    ordered = order_questions(frame)
+    frame = pl.read_parquet(folder / "questions.parquet")
     started, cpu_started = time.perf_counter(), time.process_time()
-    exact = exact_duplicates(ordered)
-    exact_s = time.perf_counter() - started
-    near = near_duplicates(ordered.filter(exact["kept"]), settings)
-    total_s = time.perf_counter() - started
-    cpu_s = time.process_time() - cpu_started
-    dropped_exact = set(exact.filter(~pl.col("kept"))["question_id"])
-    dropped_near = set(near.filter(~pl.col("kept"))["question_id"])
-    words = word_lists(frame["question"])
-    # planted near-duplicates whose true shingle Jaccard reaches the threshold must be found
-    near_expected = {
-        copy for copy, source in planted["near"]
-        if shingle_jaccard(words[copy].to_list(), words[source].to_list(), settings.minhash_shingle)
-        >= settings.minhash_threshold
-    }
-    planted_exact = {copy for copy, _ in planted["exact"]}
-    ids = frame["question_id"]
-    return {
-        "questions": size,
-        "seconds": round(total_s, 1),
-        "exact_seconds": round(exact_s, 1),
-        "near_seconds": round(total_s - exact_s, 1),
-        "cpu_seconds": round(cpu_s, 1),  # differs from seconds when other work shares the cores
-        "questions_per_second": round(size / total_s),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "exact_dropped": len(dropped_exact),
-        "near_dropped": len(dropped_near),
-        "planted_exact": len(planted_exact),
-        "planted_exact_found": sum(ids[i] in dropped_exact for i in planted_exact),
-        "planted_near": len(planted["near"]),
-        "planted_near_above_threshold": len(near_expected),
-        "planted_near_above_threshold_found": sum(ids[i] in dropped_near for i in near_expected),
-    }
-
-
-def run_datasketch_baseline(size: int) -> dict:
-    """Per-question ``MinHash.bulk`` (hashing each shingle with datasketch's sha1) for comparison."""
-    from datasketch import MinHash
-
-    from synthllm.curation.text import word_lists
-
-    frame, _ = synthetic_questions(size)
-    words = word_lists(frame["question"]).to_list()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    shingles = [[" ".join(w[i : i + 5]).encode() for i in range(max(1, len(w) - 4))] for w in words]
-    MinHash.bulk(shingles, num_perm=128)
+    exact, near = METHODS[method](frame, settings)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    planted = pl.read_parquet(folder / "planted.parquet")
+    ids = frame["question_id"]
+    dropped = exact | near
+    near_pairs = planted.filter(pl.col("kind") == "near")
+    words = word_lists(frame["question"].gather(pl.concat([near_pairs["copy"], near_pairs["source"]]))).to_list()
+    count = near_pairs.height
+    # planted near-duplicates whose true shingle Jaccard reaches the threshold must be found:
+    # found = the pair does not survive whole (which member is kept is the content order's choice)
+    above = [
+        (copy, source) for i, (copy, source) in enumerate(near_pairs.select("copy", "source").iter_rows())
+        if shingle_jaccard(words[i], words[count + i], settings.minhash_shingle) >= settings.minhash_threshold
+    ]
+    found_near = sum(ids[c] in dropped or ids[s] in dropped for c, s in above)
+    exact_pairs = planted.filter(pl.col("kind") == "exact").select("copy", "source").rows()
     return {
-        "questions": size,
-        "datasketch_bulk_minhash_seconds": round(seconds, 1),
-        "datasketch_bulk_minhash_cpu_seconds": round(cpu_seconds, 1),
-        "extrapolated_1m_cpu_seconds": round(cpu_seconds * 1_000_000 / size),
+        "method": method,
+        "questions": frame.height,
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "questions_per_second": round(frame.height / seconds),
+        "peak_rss_mb": peak_mb,
+        "exact_dropped": len(exact),
+        "near_dropped": len(near),
+        "planted_exact": len(exact_pairs),
+        "planted_exact_found": sum(ids[c] in exact or ids[s] in exact for c, s in exact_pairs),
+        "planted_near": count,
+        "planted_near_above_threshold": len(above),
+        "planted_near_above_threshold_found": found_near,
+        "near_recall": round(found_near / max(len(above), 1), 4),
     }
+
+
+def _run(arguments: list[str], timeout: float | None) -> dict | None:
+    completed = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, timeout=timeout)
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stderr)
+        raise SystemExit(completed.returncode)
+    return json.loads(completed.stdout) if completed.stdout.strip() else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--datasketch-baseline", type=int, default=0, metavar="N",
-                        help="also time per-question datasketch MinHash.bulk on N questions")
-    parser.add_argument("--single", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 1_000_000])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--max-baseline-size", type=int, default=1_000_000,
+                        help="run rensa and datasketch only up to this many questions (they hold an index in memory)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=list(METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.single:
-        result = run_datasketch_baseline(args.single) if args.baseline_only else run_size(args.single)
-        print(json.dumps(result))
+    if args.generate:
+        generate(args.sizes[0], args.generate)
         return
-    runs = [[str(size)] for size in args.sizes]
-    if args.datasketch_baseline:
-        runs.append([str(args.datasketch_baseline), "--baseline-only"])
-    for run in runs:
-        completed = subprocess.run([sys.executable, __file__, "--single", *run], capture_output=True, text=True)
-        if completed.returncode != 0:
-            sys.stderr.write(completed.stderr)
-            raise SystemExit(completed.returncode)
-        print(completed.stdout.strip(), flush=True)
+    if args.method:
+        print(json.dumps(run_method(args.method, args.folder)))
+        return
+    results = []
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            _run(["--generate", folder, "--sizes", str(size)], args.timeout)
+            for method in args.methods:
+                if method != "synthllm" and size > args.max_baseline_size:
+                    continue
+                results.append(_run(["--method", method, "--folder", folder], args.timeout))
+    print(json.dumps({"runs": results}))
 
 
 if __name__ == "__main__":

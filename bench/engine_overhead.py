@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from synthllm.engines import LLM, ChatRequest, ChatResult, Engine, make_engine
+from synthllm.engines.base import OnResult
 from synthllm.settings import EMBEDDED_MODEL, EngineSettings
 from synthllm.store import Store
 
@@ -110,10 +111,10 @@ class TimedEngine:
         self.engine, self.backend, self.model_id = engine, engine.backend, engine.model_id
         self.seconds = 0.0
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[ChatResult]:
         started = time.perf_counter()
         try:
-            return self.engine.generate(requests)
+            return self.engine.generate(requests, on_result=on_result)
         finally:
             self.seconds += time.perf_counter() - started
 

@@ -26,7 +26,13 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthllm.graph import InvertedIndex, assign_subsets, build_graphs, ground, sample_combinations  # noqa: E402
+from synthllm.graph import (  # noqa: E402
+    assign_subsets,
+    build_graphs,
+    sample_combinations,
+    split_budget,
+)
+from synthllm.grounding import InvertedIndex, ground  # noqa: E402
 from synthllm.settings import GraphSettings  # noqa: E402
 
 TOPICS_PER_DOC, KCS_PER_DOC = 3, 12
@@ -116,7 +122,7 @@ def run_size(n_docs: int, combinations: int | None, subset_size: int) -> dict:
     starts = sum(g.n_topics for g in graphs)
     if combinations:
         settings = settings.model_copy(update={"epochs": max(settings.epochs, math.ceil(combinations / starts))})
-    budget = [None] * len(graphs) if not combinations else _split(combinations, [g.n_topics for g in graphs])
+    budget = [None] * len(graphs) if not combinations else split_budget(combinations, [g.n_topics for g in graphs])
     with PeakRss() as meter:
         sampled = [sample_combinations(g, settings, b) for g, b in zip(graphs, budget)]
     record("sample", meter, combinations=sum(s.height for s in sampled), epochs=settings.epochs)
@@ -125,19 +131,11 @@ def run_size(n_docs: int, combinations: int | None, subset_size: int) -> dict:
         indexes = {subset: InvertedIndex.from_links(part) for (subset,), part in by_subset.items()}
     record("index", meter)
     with PeakRss() as meter:
-        grounded = [ground(s, indexes[g.subset], settings.references, workers=psutil.cpu_count())
+        grounded = [ground(s, indexes[g.subset], settings.references, seed=settings.seed, workers=psutil.cpu_count())
                     for g, s in zip(graphs, sampled)]
     mean_jaccard = float(np.mean(pl.concat(grounded)["ref_jaccard"].list.first().drop_nulls().to_numpy()))
     record("ground", meter, mean_best_jaccard=round(mean_jaccard, 3))
     return {"documents": n_docs, "subset_size": subset_size, "phases": phases}
-
-
-def _split(total: int, weights: list[int]) -> list[int]:
-    """``total`` split over subsets in proportion to their topics (largest remainders)."""
-    raw = np.array(weights, dtype=float) / sum(weights) * total
-    share = np.floor(raw).astype(int)
-    share[np.argsort(share - raw)[: total - share.sum()]] += 1
-    return share.tolist()
 
 
 app = typer.Typer(add_completion=False)

@@ -38,9 +38,9 @@ def write_corpus(folder: Path, n_docs: int, files: int = 4) -> list[str]:
 
 def run_one(n_docs: int, shard_size: int) -> dict:
     from synthllm.ingest import expand_sources
-    from synthllm.settings import load_settings, settings_payload
+    from synthllm.settings import load_settings
     from synthllm.store import Store
-    from tasks.ingest import ingest_file
+    from synthllm.ingest import ingest_file
 
     with tempfile.TemporaryDirectory() as tmp:
         sources = write_corpus(Path(tmp), n_docs)
@@ -50,7 +50,7 @@ def run_one(n_docs: int, shard_size: int) -> dict:
         started = time.perf_counter()
         documents = 0
         for source in expand_sources(sources, settings.store):
-            documents += ingest_file(store, source, settings_payload(settings), "bench")["documents"]
+            documents += ingest_file(store, settings, "bench", source)["documents"]
         seconds = time.perf_counter() - started
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"documents": documents, "seconds": round(seconds, 2), "docs_per_s": round(documents / seconds),

@@ -30,9 +30,9 @@ def main() -> None:
 
     from flows.synthesize import synthesize_flow
     from synthllm.ingest import expand_sources
-    from synthllm.settings import load_settings, settings_payload
+    from synthllm.settings import load_settings
     from synthllm.store import Store
-    from tasks.ingest import ingest_file
+    from synthllm.ingest import ingest_file
 
     @flow
     def warm_up() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
         url = f"{tmp}/store"
         settings = load_settings(store=url)
         for source in expand_sources(["data/sample/openstax-algebra.jsonl"], settings.store):
-            ingest_file(Store(settings.store), source, settings_payload(settings), "bench")
+            ingest_file(Store(settings.store), settings, "bench", source)
         overrides = {
             "filter.enabled": False, "generation.levels": args.levels, "generation.max_documents": args.documents,
             "generation.max_combinations": args.documents, "generation.doc_chars": 800,

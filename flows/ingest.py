@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from synthllm.ingest import expand_sources
+from flows.options import cpu_tags
+from flows.tracking import tracked
+from synthllm.ingest import SUMMARY_COUNTS, add_file_summary, expand_sources
 from synthllm.runs import public_params, recorded_run
-from synthllm.settings import load_settings, settings_payload
+from synthllm.settings import resolve_settings, settings_payload
 from synthllm.store import Store
 from tasks.common import shard_task_options
 from tasks.ingest import ingest_source
@@ -21,24 +25,43 @@ def ingest_flow(
     id_field: str | None = None,
     text_field: str | None = None,
     shard_size: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    parent_settings: dict[str, Any] | None = None,
 ) -> dict[str, int]:
-    """Ingest JSONL / JSONL.gz / Parquet files (paths, globs, s3:// URLs) into the store."""
-    settings = load_settings(
-        config,
-        {"ingest.id_field": id_field, "ingest.text_field": text_field, "ingest.shard_size": shard_size},
-        store,
-    )
-    target = Store(settings.store)
+    """Ingest JSONL / JSONL.gz / Parquet files (paths, globs, s3:// URLs) into the store.
+
+    Args:
+        sources: Corpus files: paths, globs or s3:// URLs.
+        store: Store URL, a folder or s3://bucket/prefix (default: the config's store.url).
+        config: Path of a YAML or TOML settings file on the worker.
+        id_field: Record field holding the document id (default ingest.id_field, "id").
+        text_field: Record field holding the text (default ingest.text_field, "text").
+        shard_size: Documents per stored shard (default ingest.shard_size).
+        overrides: Dotted settings on top of the config file, e.g. {"ingest.min_chars": 200}.
+        parent_settings: Resolved settings handed down by a parent run (synthllm-run); leave empty.
+    """
+    fields = {"ingest.id_field": id_field, "ingest.text_field": text_field, "ingest.shard_size": shard_size}
+    resolved = resolve_settings(config, {**(overrides or {}), **fields}, store, parent_settings)
+    target = Store(resolved.store)
     target.check_reachable()
-    files = expand_sources(sources, settings.store)
-    payload = settings_payload(settings)
-    task = ingest_source.with_options(**shard_task_options(target, settings))
-    with recorded_run(target, "ingest", public_params(settings, sources=sources)) as (run_id, summary):
-        totals = {"files": len(files), "shards": 0, "skipped_shards": 0, "documents": 0, "failures": 0, "records": 0}
+    files = expand_sources(sources, resolved.store)
+    payload = settings_payload(resolved)
+    task = ingest_source.with_options(**{**shard_task_options(target, resolved), "tags": cpu_tags(resolved)})
+    with (
+        recorded_run(target, "ingest", public_params(resolved, sources=sources)) as (run_id, summary),
+        tracked("ingest", target, {"ingest": 1.0}) as tracker,
+    ):
+        totals = {"files": len(files), "cached_files": 0, **dict.fromkeys(SUMMARY_COUNTS, 0)}
+        tracker.plan("ingest", len(files))
         # One ordered pass over the files: exact dedup across files needs a single writer.
         for source in files:
-            for key, value in task(source.uri, source.fingerprint, payload, run_id).items():
-                totals[key] += value
+            result = task(source.uri, source.fingerprint, payload, run_id)
+            add_file_summary(totals, result, run_id)
+            fresh = result.get("run_id") == run_id  # else a cached result of an earlier run
+            tracker.finish_shard("ingest", {"items": result["records"], "rows": result["documents"],
+                                            "failures": result["failures"], "skipped": not fresh} if fresh
+                                 else {"skipped": True})
+        tracker.close("ingest")
         summary.update(totals)
     target.write_catalog()
     create_table_artifact(key="ingest-summary", table=[totals], description=f"Ingest into {target.url}")

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from synthllm.runs import public_params, recorded_run
-from synthllm.scaling import ScalingInputError, fit_all, gather_points, png_data_uri, report_files, report_markdown
+from synthllm.scaling import (
+    ScalingInputError,
+    ScalingOptions,
+    fit_all,
+    gather_points,
+    png_data_uri,
+    report_files,
+    report_markdown,
+)
 from synthllm.settings import load_settings
 from synthllm.store import Store
 
@@ -20,29 +28,24 @@ def scaling_fit_flow(
     config: str | None = None,
     series: list[str] | None = None,
     one_series: str | None = None,
-    series_col: str | None = None,
-    tokens_col: str | None = None,
-    metric_col: str | None = None,
-    metric_kind: Literal["error", "accuracy", "loss"] | None = None,
-    tokens_per_unit: float | None = None,
-    holdout: int | None = None,
-    budgets: list[float] | None = None,
-    plateau_gain: float | None = None,
-    within: float | None = None,
-    n_bootstrap: int | None = None,
-    confidence: float | None = None,
-    seed: int | None = None,
+    options: ScalingOptions | None = None,
     report_name: str | None = None,
 ) -> dict[str, Any]:
     """Fit points from ``source`` (a file) or the store's training_results; write the report under
     ``reports/scaling/<report_name or run id>/`` and publish tables and plots as artifacts.
-    Parameters left None come from the settings (``scaling`` section)."""
-    overrides = {
-        "series_col": series_col, "tokens_col": tokens_col, "metric_col": metric_col, "metric_kind": metric_kind,
-        "tokens_per_unit": tokens_per_unit, "holdout": holdout, "budgets": budgets, "plateau_gain": plateau_gain,
-        "within": within, "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed,
-    }
-    settings = load_settings(config, {f"scaling.{k}": v for k, v in overrides.items()}, store)
+
+    Args:
+        source: CSV, JSON, JSON lines or Parquet file of measured points on the worker or in S3
+            (default: the store's training_results table).
+        store: Store URL, a folder or s3://bucket/prefix (default: the config's store.url).
+        config: Path of a YAML or TOML settings file on the worker.
+        series: Fit only these series (default: every series).
+        one_series: Treat every row as one series with this name (the file has no series column).
+        options: Any scaling setting (columns, metric_kind, holdout, budgets, n_bootstrap, ...);
+            fields left empty come from the settings.
+        report_name: Folder name under reports/scaling/ (default: the run id).
+    """
+    settings = load_settings(config, (options or ScalingOptions()).overrides(), store)
     target = Store(settings.store)
     target.check_reachable()
     logger = get_run_logger()

@@ -1,83 +1,81 @@
-"""The SynthLLM pipeline: documents -> concepts -> graph -> questions (3 levels) -> answers.
+"""The SynthLLM pipeline: documents -> concepts -> graph -> questions (3 levels) -> gate -> answers.
 
-``synthesize_flow`` runs the generation stages in dependency order; each stage is a set of
-shard tasks submitted together so the task runner (threads, Dask or Ray) spreads them out.
-``run_pipeline_flow`` is the whole job: ingest, reference filtering, synthesis, curation, export.
+``synthesize_flow`` walks the stage registry (``synthllm.stages.registry``) in dependency order;
+the shards of the stages that can run together are submitted together, so the task runner
+(threads, Dask or Ray) spreads them out. ``run_pipeline_flow`` is the whole job: ingest,
+reference filtering, synthesis, curation, export.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
+from prefect.futures import as_completed
 
-from synthllm.generation import PROMPTS, stage_engine
-from synthllm.pipeline import engine_model_id, pending_items, plan_shards, select_documents
-from synthllm.prompts import load_prompt
-from synthllm.resources import read_sql
-from synthllm.runs import public_params, recorded_run
-from synthllm.settings import Settings, load_settings, settings_payload
+from flows.options import cpu_tags
+from flows.tracking import Tracker, tracked
+
+from synthllm.lease import LeaseHeld, acquire
+from synthllm.plans import plan_stage, read_plan, select_documents
+from synthllm.progress import LIGHT_WEIGHT
+from synthllm.runs import RunContext, open_run
+from synthllm.settings import Settings, resolve_settings, settings_payload
+from synthllm.stages.base import GRAPH_STEP, LLMStage, PlanState, Stage
+from synthllm.stages.registry import waves
 from synthllm.store import Store
-from tasks.common import shard_task_options, make_task_runner
+from tasks.common import make_task_runner, shard_task_options
 from tasks.generation import generate_shard
 from tasks.graph import build_concept_graph
 
 
-def stage_key(settings: Settings, stage: str) -> dict[str, Any]:
-    """What makes a stage's output differ: prompt version, model and sampling parameters."""
-    engine = stage_engine(settings, stage)
-    sampling = settings.answer.sampling if stage == "answer" else settings.generation.sampling
-    return {
-        "prompt": load_prompt(PROMPTS[stage]).version,
-        "backend": engine.backend,
-        "model": engine.model,
-        "sampling": sampling.model_dump(),
-        "n": settings.answer.self_consistency if stage == "answer" else 1,
-        "generation": settings.generation.model_dump(exclude={"levels", "max_documents", "max_combinations", "shard_size"}),
-    }
-
-
 class StageRunner:
-    """Submits the shards of one or more stages together and follows their progress
-    (one progress step per :meth:`run`: concepts + level 1, level 2, level 3, answers).
+    """Plans and submits the shards of each group of stages and reports each shard as it finishes.
 
     Shards go to the task runner the settings choose (threads, Dask or Ray), also when the flow
     runs from a deployment, whose flow object carries the default runner."""
 
-    def __init__(self, store: Store, settings: Settings, run_id: str, total_stages: int, task_runner) -> None:
-        self.store, self.settings, self.run_id = store, settings, run_id
-        self.task_runner = task_runner
-        self.task = generate_shard.with_options(**shard_task_options(store, settings, cached=False))
-        self.payload = settings_payload(settings)
-        self.total_stages, self.done_stages = total_stages, 0
-        self.progress = create_progress_artifact(progress=0.0, key="synthesize-progress",
-                                                 description="Share of generation stages finished")
+    def __init__(self, run: RunContext, task_runner, tracker: Tracker) -> None:
+        self.run, self.task_runner, self.tracker = run, task_runner, tracker
+        self.task = generate_shard.with_options(**shard_task_options(run.store, run.settings, cached=False))
+        self.payload = settings_payload(run.settings)
         self.summaries: list[dict[str, Any]] = []
 
-    def plan(self, stage: str, item_ids: list[str]) -> list[tuple[str, str]]:
-        """Shards of the items this stage has not dealt with yet (for this prompt and model)."""
-        key = stage_key(self.settings, stage)
-        engine = stage_engine(self.settings, stage)
-        pending = pending_items(self.store, stage, item_ids, key["prompt"], engine_model_id(self.store, engine))
-        shards = plan_shards(self.store, stage, pending, self.settings.generation.shard_size, key)
-        return [(stage, shard_id) for shard_id in shards]
+    def plan(self, stage: Stage, state: PlanState) -> list[tuple[str, str]]:
+        settings = self.run.settings
+        candidates = stage.candidates(self.run.store, settings, state)
+        size = settings.generation.shard_size
+        shards = plan_stage(self.run.store, stage, settings, candidates, size)
+        # every shard but the last is full: one plan read gives the stage's item count
+        items = (len(shards) - 1) * size + len(read_plan(self.run.store, stage.name, shards[-1]).item_ids) if shards else 0
+        self.tracker.plan(stage.name, len(shards), items)
+        return [(stage.name, shard_id) for shard_id in shards]
 
-    def run(self, *stage_shards: list[tuple[str, str]]) -> None:
-        planned = [pair for group in stage_shards for pair in group]
+    def run_shards(self, planned: list[tuple[str, str]]) -> None:
         futures = [
             self.task_runner.submit(self.task, {"stage": stage, "shard_id": shard_id,
-                                                "settings_payload": self.payload, "run_id": self.run_id})
+                                                "settings_payload": self.payload, "run_id": self.run.run_id})
             for stage, shard_id in planned
         ]
-        self.summaries.extend(future.result() for future in futures)
-        self.done_stages += 1
-        update_progress_artifact(self.progress, progress=100.0 * self.done_stages / self.total_stages)
+        for future in as_completed(futures):
+            summary = future.result()
+            self.summaries.append(summary)
+            self.tracker.finish_shard(summary["stage"], summary)
 
 
-def _stage_totals(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def synthesize_steps(settings: Settings) -> dict[str, float]:
+    """The stages this run will go through, LLM stages weighing most in the overall progress."""
+    return {stage.name: 1.0 if isinstance(stage, LLMStage) else LIGHT_WEIGHT
+            for group in waves(settings) for stage in group}
+
+
+def stage_totals(summaries: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """Shards, items, rows and failures per stage, in the registry's order."""
     totals: dict[str, dict[str, Any]] = {}
-    for s in summaries:
+    for s in sorted(summaries, key=lambda s: order.index(s["stage"]) if s["stage"] in order else len(order)):
         t = totals.setdefault(s["stage"], {"stage": s["stage"], "shards": 0, "skipped": 0, "items": 0, "rows": 0,
                                            "failures": 0})
         t["shards"] += 1
@@ -88,70 +86,116 @@ def _stage_totals(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @flow(name="synthesize")
-def synthesize_flow(store: str | None = None, config: str | None = None,
-                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Generate questions of every configured level and answer them, on the store's documents."""
-    settings = load_settings(config, overrides, store)
-    target = Store(settings.store)
-    target.check_reachable()
-    levels = set(settings.generation.levels)
+def synthesize_flow(store: str | None = None, config: str | None = None, overrides: dict[str, Any] | None = None,
+                    parent_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Generate questions of every configured level, gate them and answer them, on the store's documents.
+
+    Args:
+        store: Store URL, a folder or s3://bucket/prefix (default: the config's store.url).
+        config: Path of a YAML or TOML settings file on the worker.
+        overrides: Dotted settings on top of the config file, e.g. {"generation.max_documents": 100,
+            "generation.levels": [1, 2]} (docs/orchestration.md lists the common keys).
+        parent_settings: Resolved settings handed down by a parent run (synthllm-run); leave empty.
+    """
+    resolved = resolve_settings(config, overrides, store, parent_settings)
     logger = get_run_logger()
-    with recorded_run(target, "synthesize", public_params(settings)) as (run_id, summary):
-        doc_ids = select_documents(target, settings)
+    steps = synthesize_steps(resolved)
+    with open_run("synthesize", resolved) as run, tracked("synthesize", run.store, steps) as tracker:
+        doc_ids = select_documents(run.store, resolved)
         if not doc_ids:
-            raise RuntimeError(f"no documents to generate from in {target.url}: ingest a corpus first "
+            raise RuntimeError(f"no documents to generate from in {run.store.url}: ingest a corpus first "
                                "(or check the reference filter's threshold)")
-        logger.info("generating from %d documents, levels %s", len(doc_ids), sorted(levels))
-        with make_task_runner(settings) as task_runner:
-            stages = _run_stages(StageRunner(target, settings, run_id, 2 + len(levels & {2, 3}), task_runner), doc_ids,
-                                 levels, summary)
-        summary["stages"] = stages
-    target.write_catalog()
-    if stages:
-        create_table_artifact(key="synthesize-stages", table=stages, description="Shards, rows and failures per stage")
-    return summary
+        logger.info("generating from %d documents, levels %s", len(doc_ids), sorted(resolved.generation.levels))
+        state = PlanState(doc_ids=doc_ids)
+        with make_task_runner(resolved) as task_runner:
+            runner = StageRunner(run, task_runner, tracker)
+            for group in waves(resolved):
+                with stage_leases(run, group, logger):
+                    planned = []
+                    for stage in group:
+                        if stage.kind == GRAPH_STEP:
+                            tracker.plan(stage.name, 1)
+                            state.graph = _build_graph(run, runner.payload)
+                            run.summary["graph"] = state.graph
+                            tracker.finish_shard(stage.name, {})
+                        else:
+                            planned += runner.plan(stage, state)
+                    runner.run_shards(planned)
+                for stage in group:
+                    tracker.close(stage.name)
+        run.summary["stages"] = stage_totals(runner.summaries, list(steps))
+    if run.summary["stages"]:
+        create_table_artifact(key="synthesize-stages", table=run.summary["stages"],
+                              description="Shards, rows and failures per stage")
+    return run.summary
 
 
-def _run_stages(runner: StageRunner, doc_ids: list[str], levels: set[int], summary: dict[str, Any]) -> list[dict]:
-    """Concepts and level 1 together, then level 2, the graph and level 3, then answers."""
-    target, settings, run_id = runner.store, runner.settings, runner.run_id
-    needs_concepts = bool(levels & {2, 3})
-    runner.run(runner.plan("concepts", doc_ids) if needs_concepts else [],
-               runner.plan("level1", doc_ids) if 1 in levels else [])
-    if 2 in levels:
-        ready = set(target.query(read_sql("documents_with_concepts.sql"))["doc_id"].to_list())
-        runner.run(runner.plan("level2", [d for d in doc_ids if d in ready]))
-    if 3 in levels:
-        graph = build_concept_graph.with_options(**shard_task_options(target, settings))(
-            runner.payload, run_id, sorted(target.shard_ids("document_concepts")))
-        combos = target.query(read_sql("graph_combinations.sql"), [graph["graph_key"]])["combo_id"].to_list()
-        if settings.generation.max_combinations is not None:
-            combos = combos[: settings.generation.max_combinations]
-        summary["graph"] = graph
-        runner.run(runner.plan("level3", combos))
-    questions = target.query("SELECT question_id FROM questions ORDER BY level, question_id")["question_id"]
-    runner.run(runner.plan("answer", questions.to_list()))
-    return _stage_totals(runner.summaries)
+@contextmanager
+def stage_leases(run: RunContext, group: list[Stage], logger) -> Iterator[None]:
+    """One run at a time plans and runs a stage on a store: a second run waits, then finds the
+    work covered (or stops with the holder's name after ``orchestration.lease_wait_s``)."""
+    options = run.settings.orchestration
+    with ExitStack() as stack:
+        for stage in sorted(group, key=lambda s: s.name):
+            name = f"stage-{stage.name}"
+            try:
+                stack.enter_context(acquire(run.store, name, run.run_id, options.lease_ttl_s))
+            except LeaseHeld as held:
+                logger.warning("stage %s of %s is being run by %s (since %s): waiting up to %.0f s", stage.name,
+                               run.store.url, held.holder.owner, held.holder.acquired_at, options.lease_wait_s)
+                stack.enter_context(acquire(run.store, name, run.run_id, options.lease_ttl_s, options.lease_wait_s))
+        yield
+
+
+def _build_graph(run: RunContext, payload: dict[str, Any]) -> dict[str, Any]:
+    task = build_concept_graph.with_options(**{**shard_task_options(run.store, run.settings),
+                                               "tags": cpu_tags(run.settings)})
+    return task(payload, run.run_id, sorted(run.store.shard_ids("document_concepts")))
 
 
 @flow(name="synthllm-run")
 def run_pipeline_flow(sources: list[str] | None = None, store: str | None = None, config: str | None = None,
                       overrides: dict[str, Any] | None = None, export_name: str = "synthllm-qa") -> dict[str, Any]:
-    """The whole job: ingest (when sources are given), filter, synthesize, curate, export."""
-    from flows.curate import curate_flow, export_flow
-    from flows.filter_references import filter_references_flow
+    """The whole job: ingest (when sources are given), filter, synthesize, curate, export.
+
+    Its run page shows one progress artifact moving shard by shard over every stage and, at the
+    end, a summary: steps, failures by reason, tokens, the export, the dataset card, the plots.
+    With the embedded model (llamacpp, smollm2-135m-instruct) reference filtering is skipped,
+    with a log line saying why and how to turn it on.
+
+    Args:
+        sources: Corpus files to ingest first (JSONL, JSONL.gz, Parquet; paths, globs, s3:// URLs).
+            Leave empty to work on the documents already in the store.
+        store: Store URL, a folder or s3://bucket/prefix (default: the config's store.url).
+        config: Path of a YAML or TOML settings file on the worker, relative to the repository root
+            (e.g. configs/demo.yaml).
+        overrides: Dotted settings on top of the config file, e.g. {"generation.max_documents": 100,
+            "generation.levels": [1, 2]} (docs/orchestration.md lists the common keys).
+        export_name: Folder under <store>/exports/ that receives the dataset.
+    """
+    from flows.curate import CURATE_STEPS, STEP_WEIGHTS, curate_flow, export_flow
+    from flows.filter_references import filter_references_flow, filter_skip_reason, filter_steps
     from flows.ingest import ingest_flow
 
-    settings = load_settings(config, overrides, store)
-    url = settings.store.url
+    resolved = resolve_settings(config, overrides, store)
+    payload = settings_payload(resolved)
+    skip_filter = filter_skip_reason(resolved)
+    steps = {**({"ingest": LIGHT_WEIGHT} if sources else {}),
+             **(filter_steps(resolved) if resolved.filter.enabled and not skip_filter else {}),
+             **synthesize_steps(resolved), **{step: STEP_WEIGHTS[step] for step in CURATE_STEPS},
+             "export": LIGHT_WEIGHT}
     result: dict[str, Any] = {}
-    if sources:
-        result["ingest"] = ingest_flow(sources, store=url, config=config)
-    if settings.filter.enabled:
-        result["filter"] = filter_references_flow(store=url, config=config, overrides=overrides)
-    result["synthesize"] = synthesize_flow(store=url, config=config, overrides=overrides)
-    result["curate"] = curate_flow(store=url, config=config, overrides=overrides)
-    exported = export_flow(store=url, config=config, overrides=overrides, name=export_name)
-    result["export"] = {key: exported[key] for key in ("rows", "per_level") if key in exported}
-    result["export"]["path"] = Store(settings.store).path("exports", export_name)
+    with tracked("synthllm-run", Store(resolved.store), steps) as tracker:
+        if sources:
+            result["ingest"] = ingest_flow(sources, parent_settings=payload)
+        if skip_filter:
+            get_run_logger().warning(skip_filter)
+            tracker.note(skip_filter)
+        elif resolved.filter.enabled:
+            result["filter"] = filter_references_flow(parent_settings=payload)
+        result["synthesize"] = synthesize_flow(parent_settings=payload)
+        result["curate"] = curate_flow(parent_settings=payload)
+        exported = export_flow(parent_settings=payload, name=export_name)
+        result["export"] = {key: exported[key] for key in ("rows", "per_level") if key in exported}
+        result["export"]["path"] = Store(resolved.store).path("exports", export_name)
     return result

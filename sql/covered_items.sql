@@ -1,17 +1,12 @@
--- Items a stage has already dealt with for one prompt version and model: rows written, or a
--- recorded failure. $1 = stage, $2 = prompt version, $3 = model id.
--- Planning only the rest keeps finished shards untouched when the corpus grows.
-SELECT doc_id AS item_id FROM document_concepts
-WHERE $1 = 'concepts' AND prompt_version = $2 AND model = $3
-UNION
-SELECT doc_ids[1] FROM questions
-WHERE (($1 = 'level1' AND level = 1) OR ($1 = 'level2' AND level = 2)) AND prompt_version = $2 AND model = $3
-UNION
-SELECT combo_id FROM questions
-WHERE $1 = 'level3' AND level = 3 AND prompt_version = $2 AND model = $3
-UNION
-SELECT question_id FROM answers
-WHERE $1 = 'answer' AND prompt_version = $2 AND model = $3
+-- Items a stage has already dealt with for one version (prompt or rule set) and model: a row in
+-- the stage's table, or a recorded failure. The stage fills {table}, {item_column} and
+-- {row_filter} (code, never user input); $1 = stage, $2 = version, $3 = model id,
+-- $4 = the stage's max_tokens: a failure recorded as truncated under a smaller budget is not
+-- covered, so raising max_tokens re-asks exactly those items.
+SELECT {item_column} AS item_id FROM {table}
+WHERE ({row_filter}) AND prompt_version = $2 AND model = $3
 UNION
 SELECT item_id FROM failures
-WHERE stage = $1 AND (source = $3 OR source IS NULL);
+WHERE stage = $1 AND prompt_version = $2 AND source = $3
+  AND (reason <> 'truncated'
+       OR coalesce(TRY_CAST(json_extract_string(params_json, '$.max_tokens') AS INTEGER), 0) >= $4);

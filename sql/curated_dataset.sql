@@ -1,5 +1,6 @@
 -- The curated QA set: questions kept by every curation check that ran on them, joined with their
--- answer (the latest when a question was answered more than once).
+-- verified answer (the latest when a question was answered more than once). An answer with a
+-- rejection or without a final answer is unverified and left out.
 -- $1 min_agreement: answers with a lower self-consistency confidence are left out.
 -- $2 require_decontamination: only questions the benchmark checks have seen.
 WITH unique_questions AS (
@@ -24,8 +25,11 @@ SELECT q.question_id,
        q.question,
        a.answer,
        a.final_answer,
+       a.normalized_answer,
        q.level,
        a.confidence,
+       a.votes,
+       a.n_samples,
        q.doc_ids,
        q.combo_id,
        q.concepts,
@@ -43,5 +47,7 @@ JOIN best_answers a USING (question_id)
 WHERE c.kept
   AND c.checked
   AND (c.decontaminated OR NOT $2)
+  AND a.final_answer IS NOT NULL
+  AND a.rejection IS NULL
   AND (a.confidence IS NULL OR a.confidence >= $1)
 ORDER BY q.level, q.question_id

@@ -1,5 +1,9 @@
 -- Dedup input: each question once (a question id written by two runs counts once: the earliest),
--- only the columns the stable keep-first order and the text need.
-SELECT question_id, level, created_at, question
+-- only the columns the content order and the text need. Questions the question gate or the LLM
+-- judge dropped are left out: a junk question must not be kept in place of a good duplicate.
+SELECT question_id, level, question
 FROM questions
+WHERE question_id NOT IN (
+    SELECT question_id FROM curation WHERE NOT kept AND check_name IN ('question_gate', 'llm_judge')
+)
 QUALIFY row_number() OVER (PARTITION BY question_id ORDER BY created_at, shard_id) = 1

@@ -21,6 +21,8 @@ CREATE TABLE failures (
     detail       VARCHAR,           -- human-readable explanation
     raw          VARCHAR,           -- the raw input record or model output, kept whole
     source       VARCHAR,           -- source URI (ingest) or model id (generation)
+    prompt_version VARCHAR,         -- the stage's prompt (or rule set) version: coverage is per version
+    params_json  VARCHAR,           -- sampling params of the failed request (max_tokens decides re-asks)
     shard_id     VARCHAR NOT NULL,
     run_id       VARCHAR NOT NULL,
     created_at   TIMESTAMP NOT NULL
@@ -106,6 +108,7 @@ CREATE TABLE concept_combinations (
     walk         VARCHAR[] NOT NULL, -- visited nodes in order
     topics       VARCHAR[] NOT NULL,
     kcs          VARCHAR[] NOT NULL,
+    kc_topics    VARCHAR[],          -- per KC (aligned with kcs): the topic it is paired with in prompts
     ref_doc_ids  VARCHAR[] NOT NULL, -- grounding documents, best first
     ref_jaccard  DOUBLE[] NOT NULL,
     seed         BIGINT NOT NULL,
@@ -133,8 +136,11 @@ CREATE TABLE questions (
 CREATE TABLE answers (
     question_id  VARCHAR NOT NULL,
     answer       VARCHAR NOT NULL,  -- the chosen full solution
-    final_answer VARCHAR,           -- extracted final answer (boxed / last number)
-    confidence   DOUBLE,            -- self-consistency agreement (1.0 with k=1)
+    final_answer VARCHAR,           -- the winning final answer as written, units kept (synthllm/answers.py)
+    normalized_answer VARCHAR,      -- its comparable form: "0.5" for \dfrac{1}{2}, "12" for 12 cm; NULL: none
+    votes        INTEGER,           -- samples whose final answer is equivalent to it (math-verify)
+    confidence   DOUBLE,            -- votes / samples asked (truncated and empty samples count as asked)
+    rejection    VARCHAR,           -- NULL: accepted; no_output | truncated | no_final_answer | low_confidence | verify_timeout
     n_samples    INTEGER NOT NULL,
     prompt_version VARCHAR NOT NULL,
     model        VARCHAR NOT NULL,
@@ -147,11 +153,13 @@ CREATE TABLE answers (
 -- Curation decisions: one row per question per check.
 CREATE TABLE curation (
     question_id  VARCHAR NOT NULL,
-    check_name   VARCHAR NOT NULL,  -- exact_dup | near_dup | contamination_exact | contamination_ngram | low_agreement
+    check_name   VARCHAR NOT NULL,  -- question_gate | llm_judge | exact_dup | near_dup | contamination_exact | contamination_ngram | low_agreement
     kept         BOOLEAN NOT NULL,
     matched_id   VARCHAR,           -- the kept duplicate, or the benchmark item (benchmark:id)
     score        DOUBLE,            -- Jaccard estimate / overlapping n-grams
-    detail       VARCHAR,
+    detail       VARCHAR,           -- question_gate / llm_judge: the reason code
+    prompt_version VARCHAR,         -- question_gate / llm_judge: rule set or prompt version (coverage)
+    model        VARCHAR,           -- question_gate / llm_judge: "rules" or the judge's model id
     shard_id     VARCHAR NOT NULL,
     run_id       VARCHAR NOT NULL
 );

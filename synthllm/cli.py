@@ -4,18 +4,52 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated, Any
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+from synthllm.commands.server import use_running_server
+from synthllm.settings import SettingsError
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A fresh ephemeral API migrates its SQLite database first: slow on a busy 2-core laptop.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# Third-party progress bars (transformers' "Loading weights", hub downloads) would garble the
+# live display and fill the logs; set before those libraries are imported.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-app = typer.Typer(help="Turn pre-training corpora into diverse synthetic QA datasets (SynthLLM).", no_args_is_help=True)
+T = TypeVar("T")
+
+
+class CleanErrors(TyperGroup):
+    """Every command, sub-apps included: bad settings (a file, a --set, a SYNTHLLM_* variable)
+    end the command with the message and exit code 2, no traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            Console(stderr=True).print(f"[bold red]settings error[/]: {exc}", highlight=False)
+            raise typer.Exit(code=2) from None
+
+
+app = typer.Typer(help="Turn pre-training corpora into diverse synthetic QA datasets (SynthLLM).", no_args_is_help=True,
+                  cls=CleanErrors)
 console = Console()
+
+
+@app.callback()
+def _startup() -> None:
+    """Reuse a configured or recorded Prefect server (``synthllm server start``) before Prefect
+    is imported, so flow commands skip starting a temporary one."""
+    use_running_server()
 
 SetOption = Annotated[
     list[str] | None,
@@ -35,7 +69,53 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise typer.BadParameter(f"--set expects dotted.key=value, got {pair!r}")
         overrides[key.strip()] = yaml.safe_load(value)
+    from synthllm.settings import split_secrets
+
+    # A key given on the command line goes to this process's environment, never into a flow parameter.
+    overrides, secrets = split_secrets(overrides)
+    os.environ.update(secrets)
     return overrides
+
+
+def _check_settings(config: str | None, store: str | None, overrides: dict[str, Any] | None = None) -> None:
+    """Load the settings once before any flow starts: a bad value fails in a second, cleanly."""
+    from synthllm.settings import load_settings
+
+    load_settings(config, overrides, store)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Ctrl-C or SIGTERM asks the engines to stop (what was received is cached, a rerun resumes);
+    a second signal aborts at once."""
+    from synthllm.engines.base import clear_stop, request_stop
+
+    stopping = False
+
+    def handle(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            raise KeyboardInterrupt
+        stopping = True
+        request_stop()
+        console.print(f"[yellow]{signal.Signals(signum).name}[/]: stopping; engine batches end early and what was "
+                      "received is cached, so a rerun resumes. Signal again to abort now.")
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        clear_stop()
+
+
+def run_flow(call: Callable[[], T]) -> T:
+    """Run a flow in this process with a live progress display and stop-on-signal."""
+    from synthllm.progress import live_display
+
+    with stop_on_signals(), live_display(console):
+        return call()
 
 
 def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -65,10 +145,11 @@ def ingest(
     shard_size: Annotated[int | None, typer.Option(help="Records per shard.")] = None,
 ) -> None:
     """Ingest a corpus into the documents table; bad records go to the failures table."""
+    _check_settings(config, store)
     from flows.ingest import ingest_flow
 
-    totals = ingest_flow(sources, store=store, config=config, id_field=id_field, text_field=text_field,
-                         shard_size=shard_size)
+    totals = run_flow(lambda: ingest_flow(sources, store=store, config=config, id_field=id_field,
+                                          text_field=text_field, shard_size=shard_size))
     _print_table("ingest", [totals])
 
 
@@ -94,23 +175,29 @@ def status(
     usage_columns = ("stage", "model", "requests", "calls", "cached", "failures", "prompt_tokens",
                      "completion_tokens", "seconds")
     _print_table("llm usage (latest runs)", [{k: row[k] for k in usage_columns} for row in report["llm_usage"]])
+    if report.get("corrupt_files"):
+        _print_table("corrupt files (left out of the counts above)", report["corrupt_files"])
 
 
 @app.command()
 def synthesize(store: StoreOption = None, config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Concepts, concept graph, level 1/2/3 questions and answers, on the store's documents."""
+    parsed = parse_overrides(overrides)
+    _check_settings(config, store, parsed)
     from flows.synthesize import synthesize_flow
 
-    summary = synthesize_flow(store=store, config=config, overrides=parse_overrides(overrides))
+    summary = run_flow(lambda: synthesize_flow(store=store, config=config, overrides=parsed))
     _print_table("synthesize", summary.get("stages", []))
 
 
 @app.command(name="filter")
 def filter_references(store: StoreOption = None, config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Stage 1: rate a sample with the LLM, train the classifier, keep the reference documents."""
+    parsed = parse_overrides(overrides)
+    _check_settings(config, store, parsed)
     from flows.filter_references import filter_references_flow
 
-    summary = filter_references_flow(store=store, config=config, overrides=parse_overrides(overrides))
+    summary = run_flow(lambda: filter_references_flow(store=store, config=config, overrides=parsed))
     _print_table("filter", [summary] if isinstance(summary, dict) else summary)
 
 
@@ -122,18 +209,23 @@ def run(
     overrides: SetOption = None,
     export_name: Annotated[str, typer.Option(help="Name of the exported dataset.")] = "synthllm-qa",
 ) -> None:
-    """The whole pipeline: ingest, filter, synthesize, curate, export."""
+    """The whole pipeline: ingest, filter, synthesize, curate, export.
+
+    With the embedded model, reference filtering is skipped (it cannot rate documents): the log
+    says so and how to turn it on."""
+    parsed = parse_overrides(overrides)
+    _check_settings(config, store, parsed)
     from flows.synthesize import run_pipeline_flow
 
-    result = run_pipeline_flow(sources=sources or None, store=store, config=config,
-                               overrides=parse_overrides(overrides), export_name=export_name)
+    result = run_flow(lambda: run_pipeline_flow(sources=sources or None, store=store, config=config,
+                                                overrides=parsed, export_name=export_name))
     _print_table("synthesize", result["synthesize"].get("stages", []))
     console.print(f"[bold]dataset[/]: {result.get('export')}")
 
 
 @app.command(name="retry-failures")
 def retry_failures(
-    stage: Annotated[str, typer.Argument(help="concepts, level1, level2, level3, answer, rate or cold_start.")],
+    stage: Annotated[str, typer.Argument(help="A stage name: see `synthllm stages`.")],
     store: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -142,15 +234,29 @@ def retry_failures(
     from synthllm.settings import load_settings
     from synthllm.store import Store
 
-    removed = clear_failures(Store(load_settings(config, store=store).store), stage)
+    try:
+        removed = clear_failures(Store(load_settings(config, store=store).store), stage)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="STAGE") from None
     console.print(f"cleared {removed} failure shard(s) of stage {stage}; rerun to retry those items")
+
+
+@app.command()
+def stages() -> None:
+    """The registered stages in dependency order: table, item, what each runs after."""
+    from synthllm.stages.registry import STAGES
+
+    _print_table("stages", [{"stage": s.name, "flow": s.flow, "table": s.table, "item": getattr(s, "item_key", "-"),
+                             "after": ", ".join(s.after) or "-"} for s in STAGES])
 
 
 def _mount_subcommands() -> None:
     """Sub-apps live next to their logic: ``synthllm scaling ...`` and the curation commands."""
-    from synthllm.commands import curate, scaling
+    from synthllm.commands import curate, plan, scaling, server
 
     app.add_typer(scaling.app, name="scaling", help="Fit and extrapolate the rectified scaling law.")
+    app.add_typer(server.app, name="server", help="A background Prefect server (UI) that later commands reuse.")
+    app.registered_commands.extend(plan.app.registered_commands)
     for command in curate.app.registered_commands:
         app.registered_commands.append(command)
 

@@ -23,6 +23,7 @@ decision). Shard ids start with ``r<round>-`` so one round's rows can be replace
 from __future__ import annotations
 
 import io
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from sklearn.linear_model import Ridge, RidgeCV, SGDClassifier
 from sklearn.model_selection import KFold, cross_val_predict
 
 from synthllm.engines.base import ChatRequest, ChatResult
-from synthllm.generation import failure_from_result, make_request
+from synthllm.stages.common import failure_from_result, make_request
 from synthllm.prompts import load_prompt
 from synthllm.resources import read_sql
 from synthllm.runs import Failure
@@ -185,54 +186,6 @@ def load_model(store: Store, round_: int, version: str) -> FilterModel:
 
 
 # --------------------------------------------------------------------------- LLM requests
-def rating_requests(texts: Sequence[str], settings: FilterSettings) -> list[ChatRequest]:
-    prompt = load_prompt(RATE_PROMPT)
-    sampling = settings.rater_sampling
-    return [
-        make_request(prompt, sampling, sampling.seed, domain=settings.domain, document=text[: settings.rater_chars])
-        for text in texts
-    ]
-
-
-def parse_ratings(
-    doc_ids: Sequence[str],
-    results: Sequence[ChatResult],
-    *,
-    round_: int,
-    settings: FilterSettings,
-    model_id: str,
-    shard_id: str,
-    run_id: str,
-) -> tuple[list[dict[str, Any]], list[Failure]]:
-    """Rater rows for ``document_scores``; a reply without a valid rating is a failure, not a row."""
-    version = load_prompt(RATE_PROMPT).version
-    rows: list[dict[str, Any]] = []
-    failures: list[Failure] = []
-    for doc_id, result in zip(doc_ids, results, strict=True):
-        if not result.ok or not isinstance(result.parsed, dict):
-            failures.append(failure_from_result("rate", doc_id, result, model_id))
-            continue
-        rating = result.parsed
-        rows.append(
-            {
-                "doc_id": doc_id,
-                "round": round_,
-                "llm_rating": float(rating["rating"]),
-                "relevance": float(rating["relevance"]),
-                "clarity": float(rating["clarity"]),
-                "language": float(rating["language"]),
-                "classifier_score": None,
-                "kept": rating["rating"] > settings.threshold,
-                "is_synthetic": False,
-                "prompt_version": version,
-                "model": model_id,
-                "shard_id": shard_id,
-                "run_id": run_id,
-            }
-        )
-    return rows, failures
-
-
 @dataclass(frozen=True)
 class ExampleSpec:
     """What one cold-start example should be; its index also seeds the sampler."""
@@ -240,12 +193,18 @@ class ExampleSpec:
     index: int
     kind: str
     level: str
+    subtopic: str
 
 
 def example_specs(settings: FilterSettings) -> list[ExampleSpec]:
+    """Kinds and levels cycle; subtopics are the syllabus shuffled with ``filter.seed`` and cycled,
+    so examples cover as many different subtopics as there are examples (up to the syllabus size)."""
+    subtopics = list(settings.syllabus)
+    random.Random(settings.seed).shuffle(subtopics)
     return [
         ExampleSpec(
-            i, EXAMPLE_KINDS[i % len(EXAMPLE_KINDS)], EXAMPLE_LEVELS[(i // len(EXAMPLE_KINDS)) % len(EXAMPLE_LEVELS)]
+            i, EXAMPLE_KINDS[i % len(EXAMPLE_KINDS)], EXAMPLE_LEVELS[(i // len(EXAMPLE_KINDS)) % len(EXAMPLE_LEVELS)],
+            subtopics[i % len(subtopics)],
         )
         for i in range(settings.cold_start_positives)
     ]
@@ -256,7 +215,8 @@ def example_requests(specs: Sequence[ExampleSpec], settings: FilterSettings) -> 
     prompt = load_prompt(WRITE_PROMPT)
     sampling = settings.writer_sampling
     return [
-        make_request(prompt, sampling, sampling.seed + spec.index, domain=settings.domain, kind=spec.kind, level=spec.level)
+        make_request(prompt, sampling, sampling.seed + spec.index, domain=settings.domain, kind=spec.kind,
+                     level=spec.level, subtopic=spec.subtopic)
         for spec in specs
     ]
 
@@ -291,8 +251,8 @@ def parse_examples(
 def examples_path(store: Store, settings: FilterSettings, model_id: str) -> str:
     """Keyed by everything that shapes the examples, so a changed setting writes new ones."""
     key = stable_hash(
-        settings.domain, settings.cold_start_positives, settings.writer_sampling.model_dump(),
-        load_prompt(WRITE_PROMPT).version, model_id,
+        settings.domain, settings.cold_start_positives, settings.writer_sampling.model_dump(), settings.syllabus,
+        settings.seed, load_prompt(WRITE_PROMPT).version, model_id,
     )
     return store.path(*MODEL_DIR, f"cold-start-{key}.parquet")
 

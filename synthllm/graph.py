@@ -1,4 +1,4 @@
-"""Level 3: the concept graph, weighted random walks over it, and grounding of each walk.
+"""Level 3: the concept graph and weighted random walks over it (grounding: synthllm.grounding).
 
 Nodes are the distinct topics and key concepts (KCs) of the documents; two nodes are linked
 when they occur in the same document, with the number of such documents as the edge count.
@@ -12,16 +12,12 @@ built vectorised (numpy pair explosion) into integer edge arrays, walks run on C
 networkx is a view built on request (:meth:`ConceptGraph.to_networkx`) for analysis and small
 corpora. Large corpora are split into subsets of ``GraphSettings.subset_size`` documents, one
 graph each (the paper does the same).
-
-Grounding finds, for each combination, the documents whose concept sets have the highest
-Jaccard similarity with it, exactly, from an inverted index (see :func:`ground`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import networkx as nx
@@ -35,8 +31,6 @@ from synthllm.settings import GraphSettings
 TOPIC_TOPIC, TOPIC_KC, KC_KC = "topic-topic", "topic-kc", "kc-kc"
 EDGE_KINDS = (TOPIC_TOPIC, TOPIC_KC, KC_KC)
 LINK_COLUMNS = ("doc_id", "topic_id", "kc_id")
-# Grounding's first pass reads this many smallest documents of each frequent concept.
-FREQUENT_PROBE = 32
 
 
 # --------------------------------------------------------------------------- input
@@ -138,7 +132,7 @@ class Transitions:
 
     def step(self, rows: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
         """One step from each of ``rows`` (all with degree > 0), driven by U[0, 1) draws."""
-        positions = _sorted_search(self.key, rows + uniforms)
+        positions = sorted_search(self.key, rows + uniforms)
         # row + u can round up to row + 1 when u is within 1 ulp of 1: stay inside the row.
         positions = np.minimum(positions, self.indptr[rows + 1] - 1)
         return self.indices[positions]
@@ -321,6 +315,15 @@ def _count_pairs(src: np.ndarray, dst: np.ndarray, n_dst: int) -> EdgeArrays:
     return EdgeArrays(distinct // n_dst, distinct % n_dst, np.diff(np.append(run_start, keys.size)))
 
 
+def sorted_search(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """``searchsorted(side="right")`` with the needles sorted first: ordered binary searches
+    touch the same cache lines and run many times faster on large haystacks."""
+    order = np.argsort(needles, kind="stable")
+    found = np.empty(needles.size, dtype=np.int64)
+    found[order] = np.searchsorted(haystack, needles[order], side="right")
+    return found
+
+
 def build_graphs(links: pl.DataFrame, settings: GraphSettings) -> list[ConceptGraph]:
     """One :class:`ConceptGraph` per subset of ``settings.subset_size`` documents."""
     links = assign_subsets(check_links(links), settings.subset_size)
@@ -354,15 +357,15 @@ def _walk_epoch(graph: ConceptGraph, steps: dict[str, Transitions], settings: Gr
         current[moving] = topic_topic.step(current[moving], uniforms[moving])
         walk[moving, 1 + step] = current[moving]
     uniforms = rng.random(n)
-    alive = topic_kc.degree[current] > 0  # a walk that reaches no KC is no combination
-    moving = np.flatnonzero(alive)
-    current[moving] = topic_kc.step(current[moving], uniforms[moving])
-    walk[moving, kc_column] = current[moving] + n
+    alive = np.flatnonzero(topic_kc.degree[current] > 0)  # a walk that reaches no KC is no combination
+    current[alive] = topic_kc.step(current[alive], uniforms[alive])
+    walk[alive, kc_column] = current[alive] + n
     kc_steps = rng.integers(min_kc_steps, max_kc_steps + 1, size=n)
     for step in range(max_kc_steps):
         uniforms = rng.random(n)
-        # A KC with no KC neighbour ends the walk.
-        moving = np.flatnonzero(alive & (step < kc_steps) & (kc_kc.degree[current] > 0))
+        # Only live walkers stand on a KC (the others still hold a topic index, which is no row
+        # of the KC subgraph); a KC with no KC neighbour ends the walk.
+        moving = alive[(step < kc_steps[alive]) & (kc_kc.degree[current[alive]] > 0)]
         current[moving] = kc_kc.step(current[moving], uniforms[moving])
         walk[moving, kc_column + 1 + step] = current[moving] + n
     return walk[alive]
@@ -376,18 +379,67 @@ def _list_column(values: pl.Series, mask: np.ndarray, matrix: np.ndarray) -> pa.
     return pa.LargeListArray.from_arrays(pa.array(offsets), names)
 
 
-def _combination_frame(graph: ConceptGraph, epoch: int, walk: np.ndarray, seed: int) -> pl.DataFrame:
+@dataclass(frozen=True)
+class KcTopics:
+    """What picks the topic each KC of a combination is paired with: topic-KC counts looked up
+    by key ``topic * n_kcs + kc`` (sorted), and each KC's most strongly linked topic."""
+
+    keys: np.ndarray
+    count: np.ndarray
+    home: np.ndarray  # per KC: the topic with the largest count (ties: the first topic)
+
+    @classmethod
+    def of(cls, graph: ConceptGraph) -> KcTopics:
+        edges, n_kcs = graph.edges[TOPIC_KC], graph.kcs.len()
+        best = np.zeros(n_kcs, dtype=np.int64)
+        np.maximum.at(best, edges.dst, edges.count)
+        strongest = edges.count == best[edges.dst]
+        home = np.full(n_kcs, graph.n_topics, dtype=np.int64)
+        np.minimum.at(home, edges.dst[strongest], edges.src[strongest])
+        orphans = graph.kcs.filter(pl.Series(home == graph.n_topics))
+        if orphans.len():
+            # Graphs built from links cannot have these (a KC is always linked under a topic).
+            raise ValueError(f"concept graph subset {graph.subset}: KCs without a topic-kc edge, "
+                             f"so no topic to pair them with: {orphans.head(5).to_list()}")
+        # Edges are sorted by (topic, KC), so the keys are too.
+        return cls(edges.src * n_kcs + edges.dst, edges.count, home)
+
+    def pick(self, graph: ConceptGraph, topic_choices: np.ndarray, kc: np.ndarray) -> np.ndarray:
+        """For each KC, the topic among its row of ``topic_choices`` (-1: none) that shares the
+        most documents with it, the first on a tie; the KC's home topic when none does."""
+        count = np.zeros(topic_choices.shape, dtype=np.int64)
+        valid = topic_choices >= 0
+        needles = topic_choices[valid] * graph.kcs.len() + np.broadcast_to(kc[:, None], topic_choices.shape)[valid]
+        position = sorted_search(self.keys, needles) - 1
+        found = (position >= 0) & (self.keys[np.maximum(position, 0)] == needles)
+        count[valid] = np.where(found, self.count[np.maximum(position, 0)], 0)
+        best = np.argmax(count, axis=1)
+        linked = count[np.arange(kc.size), best] > 0
+        return np.where(linked, topic_choices[np.arange(kc.size), best], self.home[kc])
+
+
+def _combination_frame(graph: ConceptGraph, kc_topics: KcTopics, epoch: int, walk: np.ndarray,
+                       seed: int) -> pl.DataFrame:
     visited = walk >= 0
     repeated = np.zeros_like(visited)
     for column in range(1, walk.shape[1]):
         repeated[:, column] = (walk[:, :column] == walk[:, [column]]).any(axis=1)
     first_visit = visited & ~repeated
     is_topic = walk < graph.n_topics
+    is_kc = first_visit & ~is_topic
+    # Topics come first in a walk: the columns before the first KC hold every topic it visited.
+    holds_kc = (walk >= graph.n_topics).any(axis=0)
+    topic_columns = int(np.argmax(holds_kc)) if holds_kc.any() else walk.shape[1]
+    topic_choices = np.where(visited & is_topic, walk, -1)[:, :topic_columns]
+    kc_row, kc_column = np.nonzero(is_kc)
+    paired = np.full_like(walk, -1)
+    paired[kc_row, kc_column] = kc_topics.pick(graph, topic_choices[kc_row], walk[kc_row, kc_column] - graph.n_topics)
     names = graph.node_names
     frame = pl.from_arrow(pa.table({
         "walk": _list_column(names, visited, walk),
         "topics": _list_column(names, first_visit & is_topic, walk),
-        "kcs": _list_column(names, first_visit & ~is_topic, walk),
+        "kcs": _list_column(names, is_kc, walk),
+        "kc_topics": _list_column(names, is_kc, paired),
     }))
     frame = frame.with_columns(
         subset=pl.lit(graph.subset, pl.Int32),
@@ -401,7 +453,7 @@ def _combination_frame(graph: ConceptGraph, epoch: int, walk: np.ndarray, seed: 
     return frame.with_columns(combo_id=pl.Series(combo_ids, dtype=pl.String)).select(COMBINATION_COLUMNS)
 
 
-COMBINATION_COLUMNS = ("combo_id", "subset", "epoch", "start_topic", "walk", "topics", "kcs", "seed")
+COMBINATION_COLUMNS = ("combo_id", "subset", "epoch", "start_topic", "walk", "topics", "kcs", "kc_topics", "seed")
 
 
 def sample_combinations(graph: ConceptGraph, settings: GraphSettings, max_combinations: int | None = None) -> pl.DataFrame:
@@ -409,7 +461,9 @@ def sample_combinations(graph: ConceptGraph, settings: GraphSettings, max_combin
 
     Each epoch starts one walker at every topic: 1-2 topic->topic steps (``topic_steps``), one
     topic->KC step, 3-4 KC->KC steps (``kc_steps``); a walker's own step counts are drawn
-    uniformly. Visited topics and KCs, in first-visit order, form the combination. The random
+    uniformly. Visited topics and KCs, in first-visit order, form the combination; ``kc_topics``
+    pairs each KC with the combination's topic that shares the most documents with it (else the
+    KC's most strongly linked topic), for prompts that ask for KCs from different topics. The random
     stream is ``numpy.random.default_rng([seed, subset, epoch])``: the same settings give the
     same combinations however the subsets are spread over processes.
 
@@ -423,6 +477,7 @@ def sample_combinations(graph: ConceptGraph, settings: GraphSettings, max_combin
         if not 0 <= low <= high:
             raise ValueError(f"graph {name} must be (min, max) with 0 <= min <= max, got {(low, high)}")
     steps = {kind: graph.transitions(kind, settings.epsilon, settings.temperature) for kind in EDGE_KINDS}
+    kc_topics = KcTopics.of(graph)
     frames = []
     remaining = max_combinations
     for epoch in range(settings.epochs):
@@ -434,287 +489,18 @@ def sample_combinations(graph: ConceptGraph, settings: GraphSettings, max_combin
             walk = walk[np.sort(rng.permutation(walk.shape[0])[:remaining])]
         if remaining is not None:
             remaining -= walk.shape[0]
-        frames.append(_combination_frame(graph, epoch, walk, settings.seed))
+        frames.append(_combination_frame(graph, kc_topics, epoch, walk, settings.seed))
     if not frames:
-        return _combination_frame(graph, 0, np.zeros((0, 1), dtype=np.int64), settings.seed)
+        return _combination_frame(graph, kc_topics, 0, np.zeros((0, 1), dtype=np.int64), settings.seed)
     return pl.concat(frames)
 
 
-# --------------------------------------------------------------------------- grounding
-@dataclass(frozen=True)
-class InvertedIndex:
-    """Concept -> documents, each posting list sorted by (document size, doc_id).
-
-    Concept indices: topics ``0..T-1`` then KCs; document indices follow sorted doc_id, so the
-    smaller index is the doc_id tie-break. Concepts in more than ``full_expansion_df``
-    documents, whose posting lists grounding reads only in part, also get a bit set over the
-    documents for constant-time membership tests.
-    """
-
-    doc_ids: pl.Series
-    topics: pl.Series
-    kcs: pl.Series
-    doc_size: np.ndarray
-    size_stride: int  # > every document size
-    postings_indptr: np.ndarray
-    postings: np.ndarray
-    posting_size_key: np.ndarray  # concept * size_stride + size of each posting's document
-    full_expansion_df: int
-    frequent_row: np.ndarray  # per concept, then one for "no concept": its row in frequent_bits
-    frequent_bits: np.ndarray  # flat (frequent concepts + 1 empty row) x row_bytes packed bits
-    row_bytes: int
-
-    @property
-    def n_concepts(self) -> int:
-        return self.topics.len() + self.kcs.len()
-
-    @property
-    def document_frequency(self) -> np.ndarray:
-        return np.diff(self.postings_indptr)
-
-    @classmethod
-    def from_links(cls, links: pl.DataFrame, full_expansion_df: int = 256) -> InvertedIndex:
-        if full_expansion_df < 1:
-            raise ValueError(f"full_expansion_df must be >= 1, got {full_expansion_df}")
-        encoded = encode_links(links)
-        doc_ids, topics, kcs = encoded.doc_ids, encoded.topics, encoded.kcs
-        n_topics, n_concepts, n_docs = topics.len(), topics.len() + kcs.len(), doc_ids.len()
-        doc = np.concatenate([encoded.topic_pairs["doc"].to_numpy(), encoded.kc_pairs["doc"].to_numpy()])
-        concept = np.concatenate([encoded.topic_pairs["topic"].to_numpy(), encoded.kc_pairs["kc"].to_numpy() + n_topics])
-        doc_size = np.bincount(doc, minlength=n_docs).astype(np.int64)
-        size_stride = int(doc_size.max(initial=0)) + 2
-        # Postings ordered by (concept, document size, doc) through one integer sort key.
-        posting_key = pl.Series((concept * size_stride + doc_size[doc]) * n_docs + doc).sort().to_numpy()
-        postings = posting_key % n_docs
-        frequency = np.bincount(concept, minlength=n_concepts)
-        indptr = np.zeros(n_concepts + 1, dtype=np.int64)
-        np.cumsum(frequency, out=indptr[1:])
-        frequent = frequency > full_expansion_df
-        n_frequent = int(frequent.sum())
-        # Rows of the bit set; concepts that are not frequent, and index -1 ("no concept"),
-        # point at a last, empty row, so lookups need no masks.
-        frequent_row = np.append(np.where(frequent, np.cumsum(frequent) - 1, n_frequent), n_frequent)
-        row_bytes = (n_docs + 7) // 8
-        bits = np.zeros((n_frequent + 1) * row_bytes, dtype=np.uint8)
-        in_frequent = frequent[concept]
-        np.bitwise_or.at(bits, frequent_row[concept[in_frequent]] * row_bytes + (doc[in_frequent] >> 3),
-                         (1 << (doc[in_frequent] & 7)).astype(np.uint8))
-        return cls(
-            doc_ids=doc_ids, topics=topics, kcs=kcs, doc_size=doc_size, size_stride=size_stride,
-            postings_indptr=indptr, postings=postings, posting_size_key=posting_key // n_docs,
-            full_expansion_df=full_expansion_df, frequent_row=frequent_row, frequent_bits=bits,
-            row_bytes=row_bytes,
-        )
-
-    def contains_frequent(self, doc: np.ndarray, concept: np.ndarray) -> np.ndarray:
-        """1 where the document holds the concept, for frequent concepts; 0 for any other
-        concept and for concept -1."""
-        byte = self.frequent_bits[self.frequent_row[concept] * self.row_bytes + (doc >> 3)]
-        return (byte >> (doc & 7).astype(np.uint8)) & 1
-
-    def concept_indices(self, names: pl.Series, kind: str) -> np.ndarray:
-        """Index of each name among this index's concepts of ``kind``, -1 when unknown."""
-        vocabulary, offset = (self.topics, 0) if kind == "topic" else (self.kcs, self.topics.len())
-        position = vocabulary.search_sorted(names).to_numpy().astype(np.int64)
-        inside = position < vocabulary.len()
-        found = np.zeros(position.size, dtype=bool)
-        found[inside] = (vocabulary.gather(position[inside]) == names.filter(pl.Series(inside))).to_numpy()
-        return np.where(found, position + offset, -1)
-
-
-@dataclass(frozen=True)
-class _Terms:
-    """The (combination row, concept) pairs of a batch of combinations, sorted by row."""
-
-    row: np.ndarray
-    concept: np.ndarray
-    start: np.ndarray  # first posting of the concept
-    frequency: np.ndarray  # postings of the concept
-    n_terms: np.ndarray  # per row: distinct concepts of the combination, known to the index or not
-
-
-def ground(combinations: pl.DataFrame, index: InvertedIndex | pl.DataFrame, references: int, *,
-           workers: int = 1, batch_postings: int = 1 << 21) -> pl.DataFrame:
-    """``combinations`` with ``ref_doc_ids`` and ``ref_jaccard``: the ``references`` documents
-    with the highest Jaccard similarity |K & D| / |K | D| between the combination's concepts K
-    (topics + KCs) and the document's D, best first, ties to the smaller doc_id. Exact.
-
-    Ground each subset's combinations against an index of the same subset's documents.
-
-    Only posting lists are read, never all documents, and the posting lists of frequent
-    concepts only in part (prefix filtering): with J_k the k-th best similarity found so far
-    and a combination's c concepts ranked by document frequency, most frequent first, a
-    document of size d that shares i concepts can reach J_k only if i >= m(d) =
-    ceil(J_k (c + d) / (1 + J_k)); it then holds a concept of rank >= m(d) - 1, so reading the
-    concept of rank j only for documents with m(d) <= j + 1 (a prefix, as posting lists are
-    sorted by document size) finds every such document. J_k comes from a first pass over the
-    rare concepts (document frequency <= ``index.full_expansion_df``) and the
-    ``FREQUENT_PROBE`` smallest documents of each frequent one.
-
-    Combinations are processed in batches of about ``batch_postings`` postings (memory: ~100
-    bytes per posting per worker), on ``workers`` threads (numpy and polars release the GIL).
-    """
-    if references < 1 or workers < 1 or batch_postings < 1:
-        raise ValueError(f"references, workers and batch_postings must be >= 1, got "
-                         f"{references}, {workers}, {batch_postings}")
-    if isinstance(index, pl.DataFrame):
-        index = InvertedIndex.from_links(index)
-    missing = [name for name in ("topics", "kcs") if name not in combinations.columns]
-    if missing:
-        raise ValueError(f"combinations need list columns topics and kcs; missing {missing}")
-    terms = _combination_terms(combinations, index)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        best_doc, best_score = _best_documents(index, terms, combinations.height, references,
-                                               _Batches(pool, batch_postings))
-    found = best_doc >= 0
-    offsets = pa.array(np.concatenate([[0], np.cumsum(found.sum(axis=1))]).astype(np.int64))
-    ref_doc_ids = pa.LargeListArray.from_arrays(offsets, index.doc_ids.gather(best_doc[found]).to_arrow())
-    ref_jaccard = pa.LargeListArray.from_arrays(offsets, pa.array(best_score[found], type=pa.float64()))
-    return combinations.with_columns(
-        ref_doc_ids=pl.from_arrow(ref_doc_ids), ref_jaccard=pl.from_arrow(ref_jaccard),
-    )
-
-
-def _combination_terms(combinations: pl.DataFrame, index: InvertedIndex) -> _Terms:
-    rows = combinations.select(
-        topics=pl.col("topics").list.unique(), kcs=pl.col("kcs").list.unique(),
-    ).with_row_index("row")
-    n_terms = (rows["topics"].list.len() + rows["kcs"].list.len()).to_numpy().astype(np.int64)
-    row_parts, concept_parts = [], []
-    for kind, column in (("topic", "topics"), ("kc", "kcs")):
-        exploded = rows.select("row", column).explode(column).drop_nulls(column)
-        row_parts.append(exploded["row"].to_numpy().astype(np.int64))
-        concept_parts.append(index.concept_indices(exploded[column], kind))
-    row, concept = np.concatenate(row_parts), np.concatenate(concept_parts)
-    known = concept >= 0
-    row, concept = row[known], concept[known]
-    order = np.lexsort((concept, row))
-    row, concept = row[order], concept[order]
-    start = index.postings_indptr[concept]
-    return _Terms(row, concept, start, index.postings_indptr[concept + 1] - start, n_terms)
-
-
-@dataclass(frozen=True)
-class _Batches:
-    pool: ThreadPoolExecutor
-    postings: int
-
-
-def _best_documents(index: InvertedIndex, terms: _Terms, n_rows: int, k: int,
-                    batches: _Batches) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x k) best document indices (-1: none) and their similarities."""
-    best_doc = np.full((n_rows, k), -1, dtype=np.int64)
-    best_score = np.zeros((n_rows, k))
-    # Pass 1: rare concepts whole, frequent ones by their smallest documents (at least k, so
-    # that every row with a frequent concept gets k scores; a few more raise J_k and save
-    # more in pass 2 than they cost: measured ~17% fewer postings read with 16-64).
-    probe = max(k, FREQUENT_PROBE)
-    first_end = terms.start + np.where(terms.frequency <= index.full_expansion_df, terms.frequency,
-                                       np.minimum(probe, terms.frequency))
-    _top_k_in_batches(index, terms, np.ones(terms.row.size, dtype=bool), first_end, k, batches,
-                      best_doc, best_score)
-    # Pass 2: the prefixes that prefix filtering says may still hold a better document.
-    threshold = best_score[terms.row, k - 1]
-    rank = _rank_within_row(terms.row, -terms.frequency)
-    with np.errstate(divide="ignore"):
-        bound = (rank + 1) * (1 + threshold) / threshold - terms.n_terms[terms.row]
-    max_size = np.clip(np.floor(bound + 1e-6), 0, index.size_stride - 1)  # inf (nothing found yet) -> every size
-    prefix_end = _sorted_search(index.posting_size_key, terms.concept * index.size_stride + max_size.astype(np.int64))
-    second_end = np.maximum(first_end, prefix_end)
-    grows = np.zeros(n_rows, dtype=bool)
-    grows[terms.row[second_end > first_end]] = True
-    _top_k_in_batches(index, terms, grows[terms.row], second_end, k, batches, best_doc, best_score)
-    return best_doc, best_score
-
-
-def _sorted_search(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
-    """``searchsorted(side="right")`` with the needles sorted first: ordered binary searches
-    touch the same cache lines and run many times faster on large haystacks."""
-    order = np.argsort(needles, kind="stable")
-    found = np.empty(needles.size, dtype=np.int64)
-    found[order] = np.searchsorted(haystack, needles[order], side="right")
-    return found
-
-
-def _rank_within_row(row: np.ndarray, sort_key: np.ndarray) -> np.ndarray:
-    """0-based rank of each entry among the entries of its row, by ascending sort_key."""
-    order = np.lexsort((sort_key, row))
-    sorted_row = row[order]
-    rank = np.empty(row.size, dtype=np.int64)
-    rank[order] = np.arange(row.size) - np.searchsorted(sorted_row, sorted_row, side="left")
-    return rank
-
-
-def _top_k_in_batches(index: InvertedIndex, terms: _Terms, selected: np.ndarray, end: np.ndarray, k: int,
-                      batches: _Batches, best_doc: np.ndarray, best_score: np.ndarray) -> None:
-    """Top-k of the selected terms' rows, reading postings [start, end), in batches of whole
-    rows of about ``batches.postings`` postings; batches write disjoint rows, so they can run
-    on several threads."""
-    positions = np.flatnonzero(selected)
-    if positions.size == 0:
-        return
-    lengths = end[positions] - terms.start[positions]
-    rows = terms.row[positions]
-    row_first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    batch_of_row = (np.cumsum(lengths) - lengths)[row_first] // batches.postings
-    batch_start = row_first[np.flatnonzero(np.r_[True, np.diff(batch_of_row) > 0])]
-    jobs = [batches.pool.submit(_top_k, index, terms, positions[first:last], end, k, best_doc, best_score)
-            for first, last in zip(batch_start, np.append(batch_start[1:], positions.size))]
-    for job in jobs:
-        job.result()
-
-
-def _top_k(index: InvertedIndex, terms: _Terms, positions: np.ndarray, end: np.ndarray, k: int,
-           best_doc: np.ndarray, best_score: np.ndarray) -> None:
-    """Top-k documents of the rows of ``positions`` among the postings [start, end) read."""
-    row, concept, start = terms.row[positions], terms.concept[positions], terms.start[positions]
-    lengths = end[positions] - start
-    whole = lengths == terms.frequency[positions]
-    # Local row numbers, rows with the most partly read concepts first: the candidates that
-    # need the j-th membership test are then a prefix of the candidate array.
-    first_of_row = np.r_[True, row[1:] != row[:-1]]
-    row_number = np.cumsum(first_of_row) - 1
-    n_partial = np.bincount(row_number[~whole], minlength=int(first_of_row.sum()))
-    row_order = np.lexsort((np.arange(n_partial.size), -n_partial))
-    local_of = np.empty(n_partial.size, dtype=np.int64)
-    local_of[row_order] = np.arange(n_partial.size)
-    local = local_of[row_number]
-    rows, n_partial = row[first_of_row][row_order], n_partial[row_order]
-    n_docs = index.doc_ids.len()
-    # Candidates: every document in the postings read, keyed (local row, doc, flag). A hit from
-    # a whole posting list counts directly (flag 0); partly read concepts are tested below.
-    posting = np.arange(lengths.sum()) + np.repeat(start - (np.cumsum(lengths) - lengths), lengths)
-    keys = index.postings[posting] * 2 + np.repeat(local * (2 * n_docs) + ~whole, lengths)
-    if keys.size == 0:
-        return
-    keys = pl.Series(keys).sort().to_numpy()  # polars sorts on every core
-    candidate_keys = keys >> 1
-    new_at = np.flatnonzero(np.r_[True, candidate_keys[1:] != candidate_keys[:-1]])
-    candidate = candidate_keys[new_at]
-    flagged_of = np.searchsorted(new_at, np.flatnonzero(keys & 1), side="right") - 1
-    hits = np.diff(np.append(new_at, keys.size)) - np.bincount(flagged_of, minlength=candidate.size)
-    cand_local = candidate // n_docs
-    cand_doc = candidate - cand_local * n_docs
-    partial = np.flatnonzero(~whole)
-    if partial.size:
-        slot = _rank_within_row(local[partial], concept[partial])
-        partial_table = np.full((rows.size, int(slot.max()) + 1), -1, dtype=np.int64)
-        partial_table[local[partial], slot] = concept[partial]
-        for column in range(partial_table.shape[1]):
-            asked = np.searchsorted(cand_local, np.count_nonzero(n_partial > column))
-            hits[:asked] += index.contains_frequent(cand_doc[:asked], partial_table[cand_local[:asked], column])
-    score = hits / (terms.n_terms[rows][cand_local] + index.doc_size[cand_doc] - hits)
-    # Candidates are sorted by (row, doc): a row's first maximum is the doc_id tie-break.
-    segment = np.flatnonzero(np.r_[True, cand_local[1:] != cand_local[:-1]])
-    segment_length = np.diff(np.append(segment, candidate.size))
-    segment_row = rows[cand_local[segment]]
-    best_doc[segment_row] = -1
-    best_score[segment_row] = 0.0
-    everywhere = np.arange(candidate.size)
-    for place in range(k):
-        top = np.maximum.reduceat(score, segment)
-        first = np.minimum.reduceat(np.where(score == np.repeat(top, segment_length), everywhere, candidate.size), segment)
-        has = top > 0
-        best_doc[segment_row[has], place] = cand_doc[first[has]]
-        best_score[segment_row[has], place] = top[has]
-        score[first[has]] = -1.0
+def split_budget(total: int, weights: list[int]) -> list[int]:
+    """``total`` split over parts in proportion to ``weights`` (largest remainders), so that a
+    budget shared by several subsets draws from each by its size instead of from the first."""
+    if total < 0 or not weights or min(weights) < 0 or sum(weights) == 0:
+        raise ValueError(f"cannot split {total} over weights {weights}")
+    raw = np.array(weights, dtype=float) / sum(weights) * total
+    share = np.floor(raw).astype(np.int64)
+    share[np.argsort(share - raw, kind="stable")[: total - int(share.sum())]] += 1
+    return share.tolist()

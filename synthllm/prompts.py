@@ -12,6 +12,7 @@ import re
 import string
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -61,8 +62,9 @@ class Prompt:
 
 @cache
 def load_prompt(name: str) -> Prompt:
-    """Read and check ``prompts/<name>.yaml`` once per process."""
-    path = resource_dir("prompts") / f"{name}.yaml"
+    """Read and check ``prompts/<name>.yaml`` (or a ``.yaml`` file given by path) once per process."""
+    path = Path(name) if name.endswith(".yaml") else resource_dir("prompts") / f"{name}.yaml"
+    name = path.stem
     if not path.is_file():
         raise PromptError(f"no prompt file {path}")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -39,7 +39,9 @@ class Failure:
     reason: str
     detail: str = ""
     raw: str | None = None
-    source: str | None = None
+    source: str | None = None  # source URI (ingest) or model id
+    prompt_version: str | None = None
+    params_json: str | None = None
 
 
 def failure_rows(failures: list[Failure], shard_id: str, run_id: str) -> list[dict[str, Any]]:
@@ -52,6 +54,8 @@ def failure_rows(failures: list[Failure], shard_id: str, run_id: str) -> list[di
             "detail": f.detail,
             "raw": f.raw,
             "source": f.source,
+            "prompt_version": f.prompt_version,
+            "params_json": f.params_json,
             "shard_id": shard_id,
             "run_id": run_id,
             "created_at": now,
@@ -116,10 +120,35 @@ def recorded_run(store: Store, flow: str, params_json: str) -> Iterator[tuple[st
     record_run_event(store, run_id, flow, "finished", params_json, summary)
 
 
+@dataclass
+class RunContext:
+    """What a flow's body works with: its settings, its store, its run id and the summary it fills."""
+
+    settings: Settings
+    store: Store
+    run_id: str
+    summary: dict[str, Any]
+
+
+@contextmanager
+def open_run(flow: str, settings: Settings, **flow_params: Any) -> Iterator[RunContext]:
+    """The preamble and epilogue every flow shares: store reachable, run recorded, catalog refreshed."""
+    store = Store(settings.store)
+    store.check_reachable()
+    with recorded_run(store, flow, public_params(settings, **flow_params)) as (run_id, summary):
+        yield RunContext(settings, store, run_id, summary)
+    store.write_catalog()
+
+
 def clear_failures(store: Store, stage: str) -> int:
     """Forget a stage's recorded failures so the next run asks the LLM for those items again."""
+    from synthllm.stages.registry import stage_names  # the stages import this module
+
     if stage == "ingest":
         raise ValueError("ingest failures are bad input records: fix the source and re-ingest it")
+    retryable = [*stage_names(), "cold_start"]
+    if stage not in retryable:
+        raise ValueError(f"unknown stage {stage!r}; stages with failures to retry: {', '.join(retryable)}")
     prefix = f"{stage}-"
     shards = sorted(s for s in store.shard_ids("failures") if s.startswith(prefix))
     for shard_id in shards:

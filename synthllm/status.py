@@ -1,16 +1,35 @@
-"""What a store holds: row counts per table, failures by reason, runs, LLM usage."""
+"""What a store holds: row counts per table, failures by reason, runs, LLM usage, corrupt shards."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import duckdb
+
 from synthllm.resources import read_sql
-from synthllm.store import Store, schemas
+from synthllm.store import Store, StoreError, schemas
 
 
 def store_status(store: Store) -> dict[str, Any]:
-    con = store.connect()
+    """The report; a corrupt shard is listed under ``corrupt_files`` and left out of the counts,
+    so one bad file does not hide the state of the whole store."""
+    corrupt: dict[str, str] = {}
+    try:
+        report = _report(store, corrupt)
+    except (StoreError, duckdb.Error):
+        corrupt = store.corrupt_files()
+        if not corrupt:
+            raise
+        report = _report(store, corrupt)
+    report["corrupt_files"] = [
+        {"table": path.rsplit("/", 2)[-2], "path": path, "error": error} for path, error in sorted(corrupt.items())
+    ]
+    return report
+
+
+def _report(store: Store, corrupt: dict[str, str]) -> dict[str, Any]:
+    con = store.connect(exclude=corrupt)
     try:
         tables = {name: con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0] for name in schemas().names}
         failures = con.sql(read_sql("status_failures.sql")).pl().to_dicts()
@@ -21,4 +40,3 @@ def store_status(store: Store) -> dict[str, Any]:
     for run in runs:
         run["summary"] = json.loads(run.pop("summary_json")) if run.get("summary_json") else None
     return {"store": store.url, "tables": tables, "failures": failures, "runs": runs, "llm_usage": usage}
-

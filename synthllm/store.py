@@ -9,6 +9,11 @@ Layout under the store URL::
 Parallel tasks write whole shards (written to a temporary name, then moved into place, so a
 reader never sees half a shard); a shard's existence is what marks its work done. Readers open
 an in-process DuckDB connection whose views cover every shard of every table.
+
+Every listing and every open asks the backend afresh (no s3fs listing cache): tasks write through
+other Store objects and other processes, and a cached listing or ETag would hide their shards or
+fail on a rewritten file (``FileExpired``). SQL text never embeds a path unescaped: see
+:func:`sql_literal`.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import io
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import fsspec
@@ -35,8 +40,26 @@ _SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
 _CREATE_TABLE = re.compile(r"CREATE TABLE\s+(\w+)", re.IGNORECASE)
 
 
+_T = TypeVar("_T")
+# A file rewritten between DuckDB's open and its reads: read the fresh object once more.
+_FRESH_READ_ATTEMPTS = 3
+# DuckDB errors that can come from a damaged file (a Python-side read error arrives as a plain duckdb.Error).
+_FILE_ERRORS = (duckdb.IOException, duckdb.InvalidInputException)
+
+
 class StoreError(RuntimeError):
-    """The store cannot be reached or holds something unexpected."""
+    """The store cannot be reached or holds something unexpected (the message names the file)."""
+
+
+def sql_literal(value: str) -> str:
+    """``value`` as a SQL string literal: the one way a path or id enters SQL text here.
+
+    DuckDB cannot bind parameters inside ``CREATE VIEW``, so paths are quoted instead."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _is_expired_read(exc: BaseException) -> bool:
+    return "FileExpired" in f"{type(exc).__name__}: {exc}"
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
@@ -121,7 +144,14 @@ class Store:
                 client_kwargs["endpoint_url"] = self.settings.s3_endpoint_url
             if self.settings.s3_region:
                 client_kwargs["region_name"] = self.settings.s3_region
-            return fsspec.filesystem("s3", client_kwargs=client_kwargs, skip_instance_cache=True)
+            # Fresh listings and file details on every call: other writers change the store.
+            return fsspec.filesystem(
+                "s3",
+                client_kwargs=client_kwargs,
+                skip_instance_cache=True,
+                use_listings_cache=False,
+                version_aware=False,
+            )
         fs = fsspec.filesystem("file")
         fs.makedirs(self.url, exist_ok=True)
         return fs
@@ -170,8 +200,16 @@ class Store:
         pq.write_table(table, buffer, compression="zstd")
         self.write_bytes(path, buffer.getvalue())
 
+    def read_parquet_file(self, path: str) -> pa.Table:
+        """One Parquet file; a corrupt one is a :class:`StoreError` naming it."""
+        data = self.read_bytes(path)
+        try:
+            return pq.read_table(io.BytesIO(data))
+        except (pa.ArrowException, OSError) as exc:
+            raise StoreError(f"{path}: unreadable Parquet file: {exc}") from exc
+
     def read_parquet_files(self, paths: Iterable[str], schema: pa.Schema | None = None) -> pa.Table:
-        tables = [pq.read_table(io.BytesIO(self.read_bytes(p))) for p in paths]
+        tables = [self.read_parquet_file(p) for p in paths]
         if not tables:
             return schema.empty_table() if schema is not None else pa.table({})
         return pa.concat_tables(tables, promote_options="default")
@@ -206,31 +244,89 @@ class Store:
         )
         return pl.from_arrow(self.read_parquet_files(paths, schemas()[table]))  # type: ignore[return-value]
 
+    def check_file(self, path: str) -> str | None:
+        """Why a Parquet file cannot be read (footer and every row group), or None if it can."""
+        try:
+            with self.fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                for index in range(parquet.num_row_groups):
+                    parquet.read_row_group(index)
+        except Exception as exc:  # noqa: BLE001 - any decoding or I/O error makes the file unusable
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def corrupt_files(self, tables: Iterable[str] | None = None) -> dict[str, str]:
+        """Shards that cannot be read, path -> error. Reads every shard: for error paths only."""
+        found: dict[str, str] = {}
+        for name in tables if tables is not None else schemas().names:
+            for path in self.table_files(name):
+                error = self.check_file(path)
+                if error:
+                    found[path] = error
+        return found
+
+    def _explain(self, exc: Exception, tables: Iterable[str] | None) -> None:
+        """Turn a read error into a StoreError naming the corrupt shards, when that is the cause."""
+        corrupt = self.corrupt_files(tables)
+        if corrupt:
+            listing = "; ".join(f"{path}: {error}" for path, error in sorted(corrupt.items()))
+            raise StoreError(f"corrupt table shard(s) in store {self.url}: {listing}") from exc
+
+    def _fresh(self, read: Callable[[], _T], tables: Iterable[str] | None) -> _T:
+        """Run a read; retry when a file changed under it; name corrupt shards when one fails."""
+        for attempt in range(_FRESH_READ_ATTEMPTS):
+            try:
+                return read()
+            except duckdb.Error as exc:
+                if _is_expired_read(exc) and attempt + 1 < _FRESH_READ_ATTEMPTS:
+                    continue
+                if isinstance(exc, _FILE_ERRORS):  # not for SQL mistakes: scanning shards is slow
+                    self._explain(exc, tables)
+                raise
+        raise AssertionError("unreachable")
+
     # ----------------------------------------------------------------- DuckDB catalog
-    def connect(self, tables: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB whose views cover every shard (or an empty typed table)."""
-        con = duckdb.connect()
-        if self.is_s3:
-            con.register_filesystem(self.fs)
+    def connect(
+        self, tables: Iterable[str] | None = None, exclude: Collection[str] = ()
+    ) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB whose views cover every shard (or an empty typed table).
+
+        ``exclude``: shard paths to leave out (``status`` reports corrupt ones this way)."""
         names = list(tables) if tables is not None else schemas().names
-        for name in names:
-            files = self.table_files(name)
-            if files:
-                file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(
-                    f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{file_list}], union_by_name = true)"
-                )
-            else:
-                con.register(f"_{name}_empty", schemas()[name].empty_table())
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+        return self._fresh(lambda: self._connect(names, set(exclude)), names)
+
+    def _connect(self, names: list[str], exclude: set[str]) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect()
+        try:
+            if self.is_s3:
+                con.register_filesystem(self.fs)
+            for name in names:
+                files = [f for f in self.table_files(name) if f not in exclude]
+                if files:
+                    file_list = ", ".join(sql_literal(f) for f in files)
+                    con.execute(
+                        f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{file_list}], union_by_name = true)"
+                    )
+                else:
+                    con.register(f"_{name}_empty", schemas()[name].empty_table())
+                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+        except BaseException:
+            con.close()
+            raise
         return con
 
     def query(self, sql: str, params: list | None = None, tables: Iterable[str] | None = None) -> pl.DataFrame:
-        con = self.connect(tables)
-        try:
-            return con.sql(sql, params=params or None).pl()
-        finally:
-            con.close()
+        """Run one query over fresh views; values go in ``params``, never into ``sql``."""
+        names = list(tables) if tables is not None else None
+
+        def run() -> pl.DataFrame:
+            con = self._connect(names if names is not None else schemas().names, set())
+            try:
+                return con.sql(sql, params=params or None).pl()
+            finally:
+                con.close()
+
+        return self._fresh(run, names)
 
     def write_catalog(self) -> str | None:
         """Persist the views into ``catalog.duckdb`` (local stores) for the duckdb CLI and notebooks."""
@@ -242,13 +338,16 @@ class Store:
         try:
             con.execute(schemas().ddl.replace("CREATE TABLE ", "CREATE TABLE _empty_"))
             for name in schemas().names:
-                files = self.table_files(name)
-                if files:
-                    glob = self.path("tables", name, "*.parquet")
-                    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+                if self.table_files(name):
+                    glob = sql_literal(self.path("tables", name, "*.parquet"))
+                    create = f"CREATE VIEW {name} AS SELECT * FROM read_parquet({glob}, union_by_name = true)"
+                    self._fresh(lambda create=create: con.execute(create), [name])
                 else:
                     con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name}")
-        finally:
+        except BaseException:
             con.close()
+            self.fs.rm(tmp)
+            raise
+        con.close()
         self.fs.mv(tmp, target)
         return target

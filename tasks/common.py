@@ -1,21 +1,49 @@
-"""Prefect plumbing shared by every flow: cached shard tasks, result storage, task runners."""
+"""Prefect plumbing shared by every flow: payload decoding, result storage, task options, runners."""
 
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Any
 
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.concurrency.sync import concurrency
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from synthllm.settings import Settings
+from synthllm.engines.base import EngineAuthError, RunStopped
+from synthllm.ingest import IngestError, TransientReadError
+from synthllm.settings import Settings, SettingsError, settings_from_payload
+from synthllm.stages.runner import ShardSummary
 from synthllm.store import Store, stable_hash
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # The run id only labels rows; it must not change a task's cache key.
 SHARD_CACHE_POLICY = INPUTS - "run_id" + TASK_SOURCE
+
+
+def open_payload(settings_payload: dict[str, Any]) -> tuple[Settings, Store]:
+    """The one way a task turns its settings parameter back into settings and a store."""
+    settings = settings_from_payload(settings_payload)
+    return settings, Store(settings.store)
+
+
+def engine_slot(settings: Settings):
+    """A GPU slot of the Prefect global concurrency limit, when one is configured."""
+    limit = settings.orchestration.gpu_concurrency_limit
+    return (lambda: concurrency(limit, occupy=1, strict=True)) if limit else nullcontext
+
+
+def report_shard(logger, settings: Settings, summary: ShardSummary) -> dict[str, Any]:
+    """One log line per shard; a warning with the top reasons when too many items failed."""
+    logger.info(summary.log_line())
+    share = summary.failures / summary.items if summary.items else 0.0
+    if share > settings.orchestration.warn_failure_share:
+        top = sorted(summary.failure_reasons.items(), key=lambda kv: -kv[1])[:3]
+        logger.warning("%s %s: %d of %d items failed (%.0f%%); top reasons: %s", summary.stage, summary.shard_id,
+                       summary.failures, summary.items, 100 * share, ", ".join(f"{r} ({n})" for r, n in top))
+    return summary.as_dict()
 
 
 def result_storage(store: Store):
@@ -27,33 +55,57 @@ def result_storage(store: Store):
     name = f"synthllm-results-{stable_hash(store.url, length=12)}"
     basepath = store.path("prefect-results")
     if store.is_s3:
-        client_kwargs = {}
-        if store.settings.s3_endpoint_url:
-            client_kwargs["endpoint_url"] = store.settings.s3_endpoint_url
-        block = RemoteFileSystem(basepath=basepath, settings={"client_kwargs": client_kwargs})
+        block = RemoteFileSystem(basepath=basepath, settings={"client_kwargs": store.settings.client_kwargs()})
     else:
         block = LocalFileSystem(basepath=os.path.abspath(basepath))
     block.save(name, overwrite=True)
     return block
 
 
+# Errors a retry cannot fix: a refused API key, a stop the user asked for, bad input (an
+# IngestError such as an unknown format; a broken file is recorded in failures, not raised).
+PERMANENT_ERRORS = (EngineAuthError, RunStopped, SettingsError, IngestError)
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry everything but the permanent errors."""
+    try:
+        state.result()
+    except TransientReadError:  # an IngestError that may pass next time (a connection error)
+        return True
+    except PERMANENT_ERRORS:
+        return False
+    except BaseException:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
+
+
+def retry_options(settings: Settings) -> dict[str, Any]:
+    return {"retries": settings.orchestration.task_retries, "retry_delay_seconds": settings.orchestration.retry_delay_s,
+            "retry_condition_fn": retry_transient}
+
+
 def shard_task_options(store: Store, settings: Settings, cached: bool = True) -> dict[str, Any]:
-    """Options for shard tasks: results persisted in the store, retried, not kept in memory, and
-    (``cached``) reused across runs by input. Generation shards pass ``cached=False``: the flow
-    plans only items with no stored output, so a planned shard always has work to do, and a
-    Prefect cache hit could only hide output someone deleted."""
-    return {
-        "persist_result": True,
-        "result_storage": result_storage(store),
-        "cache_policy": SHARD_CACHE_POLICY if cached else NO_CACHE,
-        "cache_result_in_memory": False,
-        "retries": settings.orchestration.task_retries,
-        "retry_delay_seconds": settings.orchestration.retry_delay_s,
-    }
+    """Options for shard tasks: retried and (``cached``) reused across runs by input, with
+    results persisted in the store. Shard stages pass ``cached=False``: the flow plans only items
+    with no stored output, the store is the record, so no Prefect result is written at all."""
+    options: dict[str, Any] = {**retry_options(settings), "cache_result_in_memory": False}
+    if cached:
+        options.update(persist_result=True, result_storage=result_storage(store), cache_policy=SHARD_CACHE_POLICY)
+    else:
+        options.update(persist_result=False, cache_policy=NO_CACHE)
+    if settings.orchestration.tag_tasks:
+        options["tags"] = [engine_tag(settings)]
+    return options
+
+
+def engine_tag(settings: Settings) -> str:
+    """What a shard task occupies: a GPU (vLLM), CPU cores (llama.cpp) or a server's capacity (openai)."""
+    return {"vllm": "gpu", "llamacpp": "cpu", "openai": "server"}[settings.engine.backend]
 
 
 def make_task_runner(settings: Settings):
-    """Thread pool by default; Dask or Ray (prefect-dask / prefect-ray) to spread shards over machines."""
+    """Thread pool by default; Dask or Ray (prefect-dask / prefect-ray) to spread shards over processes or machines."""
     workers = settings.orchestration.task_workers
     if settings.orchestration.task_runner == "dask":
         from prefect_dask import DaskTaskRunner

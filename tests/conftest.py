@@ -34,6 +34,19 @@ def sample_dir() -> Path:
     return SAMPLE_DIR
 
 
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
+def store_settings(request, tmp_path: Path):
+    """The same test on a local folder and on a real S3 endpoint (moto's server)."""
+    import uuid
+
+    from synthllm.settings import StoreSettings
+
+    if request.param == "local":
+        return StoreSettings(url=str(tmp_path / "store"))
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return StoreSettings(url=f"s3://synthllm-test/{uuid.uuid4().hex}", s3_endpoint_url=endpoint)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint on 127.0.0.1 (moto's threaded server) with a bucket ``synthllm-test``."""

@@ -76,6 +76,8 @@ class PipelineResponder:
 
     @staticmethod
     def _combined(user: str) -> str:
+        if "each with its topic:" in user:
+            return PipelineResponder._across_topics(user)
         instructions = user.rsplit("</document>", 1)[-1]
         listed = re.findall(r"^- (.+)$", instructions, re.M) or [c.strip() for c in
                                                          _between(user, "Key concepts:", "\n").split(";")]
@@ -85,6 +87,16 @@ class PipelineResponder:
             pair = listed[i : i + 2]
             questions.append({"question": f"Combine {pair[0]} with {pair[1]} to compute {_digest(''.join(pair)) % 97}.",
                               "concepts": pair})
+        return json.dumps({"questions": questions})
+
+    @staticmethod
+    def _across_topics(user: str) -> str:
+        """Level 3: pairs of listed key concepts whose topics differ, as the prompt asks."""
+        block = _between(user, "each with its topic:\n", "\n\n")
+        listed = re.findall(r"^- (.+?) \(topic: (.+)\)$", block, re.M)
+        pairs = [(a, b) for i, a in enumerate(listed) for b in listed[i + 1:] if a[1] != b[1]][:3]
+        questions = [{"question": f"Combine {a[0]} with {b[0]} to compute {_digest(a[0] + b[0]) % 97}.",
+                      "concepts": [a[0], b[0]]} for a, b in pairs]
         return json.dumps({"questions": questions})
 
     @staticmethod

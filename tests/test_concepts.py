@@ -79,3 +79,53 @@ def test_concept_id() -> None:
         concept_id("skill", "algebra")
     with pytest.raises(ValueError):
         concept_id("kc", "")
+
+
+@pytest.mark.parametrize(
+    ("plural", "singular_form"),
+    [
+        ("gases", "gas"),
+        ("Ideal gases", "ideal gas"),
+        ("biases", "bias"),
+        ("lenses", "lens"),
+        ("convex lenses", "convex lens"),
+        ("bases", "basis"),  # vector-space bases: the plural of "basis"
+        ("buses", "bus"),
+        ("radiuses", "radius"),
+        ("caches", "cache"),
+        ("syntheses", "synthesis"),
+        ("databases", "database"),  # only the whole word "bases" is the plural of "basis"
+        ("phases", "phase"),
+    ],
+)
+def test_plurals_meet_their_singular(plural: str, singular_form: str) -> None:
+    """Issue 12: "gases" gave "gase" (a node apart from "gas"), "bases" gave "base" (apart from "basis")."""
+    assert normalise_concept(plural) == singular_form
+    assert normalise_concept(singular_form) == singular_form
+
+
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ["non-linear equations", "nonlinear equation", "Non linear equations", "non\u2013linear equation"],
+        ["co-prime numbers", "coprime numbers", "co prime number"],
+        ["sub-groups", "subgroup", "Sub groups"],
+        ["multi-variable calculus", "multivariable calculus"],
+    ],
+)
+def test_hyphen_and_space_spellings_meet(spellings: list[str]) -> None:
+    assert len({normalise_concept(s) for s in spellings}) == 1
+
+
+def test_hyphens_between_ordinary_words_stay_a_space() -> None:
+    assert normalise_concept("x-axis") == normalise_concept("x axis") == "x axis"
+    assert normalise_concept("non") == "non"
+
+
+def test_normalise_concept_is_memoised() -> None:
+    """Issue 13: 245,585 calls for 10k replies; repeated names must not be normalised again."""
+    normalise_concept.cache_clear()
+    for _ in range(1000):
+        normalise_concept("Quadratic Equations")
+    info = normalise_concept.cache_info()
+    assert (info.misses, info.hits) == (1, 999)

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from synthllm.settings import load_settings, settings_payload
+from synthllm.settings import load_settings
 from synthllm.store import Store
 
 pytestmark = pytest.mark.integration
@@ -37,11 +37,11 @@ REAL_ENGINE = [
 
 def ingest(store_url: str, sample_dir: Path, n_docs: int = 3) -> None:
     from synthllm.ingest import expand_sources
-    from tasks.ingest import ingest_file
+    from synthllm.ingest import ingest_file
 
     settings = load_settings(store=store_url)
     source = expand_sources([str(sample_dir / "openstax-algebra.jsonl")], settings.store)[0]
-    ingest_file(Store(settings.store), source, settings_payload(settings), "ingest")
+    ingest_file(Store(settings.store), settings, "ingest", source)
 
 
 def synthesize_command(store_url: str, *extra: str) -> list[str]:
@@ -49,7 +49,7 @@ def synthesize_command(store_url: str, *extra: str) -> list[str]:
 
 
 def cache_keys(store: Store) -> pl.DataFrame:
-    parts = store.glob(store.path("cache", "llm", "*", "*", "part-*.parquet"))
+    parts = store.glob(store.path("cache", "llm", "*", "*", "*.parquet"))  # parts and compacted shard files
     frames = [pl.read_parquet(p).select("key").with_columns(part=pl.lit(p)) for p in parts]
     return pl.concat(frames) if frames else pl.DataFrame(schema={"key": pl.String, "part": pl.String})
 
@@ -84,7 +84,7 @@ def test_sigkill_mid_generation_then_rerun(store_url: str, sample_dir: Path, tmp
     assert questions["question_id"].n_unique() == questions.height
     assert answers["question_id"].n_unique() == answers.height
     # nothing lost: every document has questions or a recorded reason, every question an answer or a reason
-    from synthllm.pipeline import select_documents
+    from synthllm.plans import select_documents
 
     chosen = load_settings(overrides={"filter.enabled": False, "generation.max_documents": 3}, store=store_url)
     docs = set(select_documents(store, chosen))

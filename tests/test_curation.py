@@ -1,36 +1,28 @@
-"""Curation: dedup, decontamination against real GSM8K/MATH items, diversity report, export."""
+"""Curation over a store: curate and export, the dataset card's funnel, diversity report, flows."""
 
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from datasketch import MinHash
 
-from synthllm.curation.decontam import (
-    BUILTIN_DIR,
-    BenchmarkError,
-    ContaminationIndex,
-    load_benchmark,
-    parse_benchmark_spec,
-)
-from synthllm.curation.dedup import MinHasher, dedup
+from synthllm.curation import decontam
+from synthllm.curation.decontam import BUILTIN_DIR
 from synthllm.curation.export import export_dataset
 from synthllm.curation.stages import (
     DIVERSITY_DIR,
+    decontaminate_shards,
     question_shards,
     remove_stale_decontamination,
     run_decontamination,
     run_dedup,
     run_diversity_report,
 )
-from synthllm.curation.text import WordBatch
-from synthllm.settings import CurationSettings, load_settings
+from synthllm.settings import load_settings
 from synthllm.store import Store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
@@ -48,18 +40,6 @@ def _benchmark_items(filename: str, field: str) -> list[str]:
 
 GSM8K = _benchmark_items("gsm8k-test.jsonl", "question")
 MATH = _benchmark_items("math-test.jsonl", "problem")
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def _shingle_jaccard(first: str, second: str, size: int) -> float:
-    def shingles(words: list[str]) -> set[tuple[str, ...]]:
-        return {tuple(words[i : i + size]) for i in range(max(1, len(words) - size + 1))}
-
-    a, b = shingles(_words(first)), shingles(_words(second))
-    return len(a & b) / len(a | b)
 
 
 def _questions(rows: list[tuple], shard: str = "s0") -> pl.DataFrame:
@@ -89,12 +69,17 @@ def _questions(rows: list[tuple], shard: str = "s0") -> pl.DataFrame:
     return pl.DataFrame(records)
 
 
-def _answers(question_ids: list[str], confidence: float = 1.0) -> list[dict]:
+def _answers(question_ids: list[str], confidence: float = 1.0, rejected: dict[str, str | None] | None = None) -> list[dict]:
+    """Verified answers; ``rejected``: question id -> rejection code (None: no final answer)."""
+    rejected = rejected or {}
     return [
         {
             "question_id": qid,
             "answer": f"Step by step for {qid}. The answer is \\boxed{{{i}}}.",
-            "final_answer": str(i),
+            "final_answer": None if qid in rejected and rejected[qid] is None else str(i),
+            "normalized_answer": None if qid in rejected else str(i),
+            "votes": 1,
+            "rejection": rejected.get(qid),
             "confidence": confidence,
             "n_samples": 1,
             "prompt_version": "answer-v1",
@@ -112,158 +97,13 @@ def _by_check(rows: pl.DataFrame, check: str) -> dict[str, dict]:
     return {r["question_id"]: r for r in rows.filter(pl.col("check_name") == check).iter_rows(named=True)}
 
 
-# ----------------------------------------------------------------------------- dedup
-
-
-def test_minhash_signatures_equal_datasketch_minhash() -> None:
-    texts = [LONG_QUESTION, "Solve for x.", "", GSM8K[0], MATH[20]]
-    hasher = MinHasher(num_perm=64, shingle=5)
-    words = WordBatch.from_texts(texts)
-    signatures = hasher.signatures(words)
-    hashes, owners = hasher.shingle_hashes(words)
-    for row in range(len(texts)):
-        reference = MinHash(num_perm=64, seed=hasher.seed, hashfunc=int)
-        reference.update_batch([int(h) for h in hashes[owners == row]])
-        assert np.array_equal(reference.hashvalues, signatures[row]), texts[row]
-
-
-def test_exact_and_near_duplicates_are_dropped_and_distinct_questions_kept() -> None:
-    near_copy = LONG_QUESTION + " Show your work."
-    edited_numbers = LONG_QUESTION.replace("12 rows", "9 rows").replace("4 kilograms", "7 kilograms").replace(
-        "3 dollars", "5 dollars"
-    )
-    other = "Find the least common multiple of 18 and 24, then divide it by their greatest common divisor."
-    questions = _questions(
-        [
-            ("l1-original", 1, LONG_QUESTION, 0),
-            ("l1-exact", 1, "  " + LONG_QUESTION.upper().replace(".", " ."), 5),
-            ("l1-near", 1, near_copy, 6),
-            ("l1-numbers", 1, edited_numbers, 7),
-            ("l1-other", 1, other, 8),
-            # across levels: the level-2 copy is dropped although it was created first
-            ("l2-copy-of-other", 2, other + "!", -60),
-            ("l2-near-original", 2, "Note: " + LONG_QUESTION, 1),
-        ]
-    )
-    settings = CurationSettings()
-    rows = dedup(questions, settings)
-    exact, near = _by_check(rows, "exact_dup"), _by_check(rows, "near_dup")
-
-    assert set(exact) == set(questions["question_id"])
-    assert {q for q, r in exact.items() if not r["kept"]} == {"l1-exact", "l2-copy-of-other"}
-    assert exact["l1-exact"]["matched_id"] == "l1-original"
-    assert exact["l2-copy-of-other"]["matched_id"] == "l1-other"
-    assert "l1-exact" not in near and "l2-copy-of-other" not in near
-
-    expected_near = _shingle_jaccard(LONG_QUESTION, near_copy, settings.minhash_shingle)
-    assert expected_near >= settings.minhash_threshold  # the planted pair really is a near-duplicate
-    assert _shingle_jaccard(LONG_QUESTION, edited_numbers, settings.minhash_shingle) < settings.minhash_threshold
-    assert {q for q, r in near.items() if not r["kept"]} == {"l1-near", "l2-near-original"}
-    assert near["l1-near"]["matched_id"] == "l1-original"
-    assert near["l1-near"]["score"] == pytest.approx(expected_near)
-    assert near["l2-near-original"]["matched_id"] == "l1-original"
-    assert near["l2-near-original"]["detail"] == "level 2 near-duplicates level 1"
-    assert near["l1-numbers"]["kept"] and near["l1-other"]["kept"] and near["l1-original"]["kept"]
-
-
-def test_dedup_is_deterministic_whatever_the_input_order() -> None:
-    texts = [LONG_QUESTION, LONG_QUESTION + " Explain.", GSM8K[0], GSM8K[0].lower(), GSM8K[10], MATH[7]]
-    questions = _questions([(f"q{i}", 1 + i % 2, t, i % 3) for i, t in enumerate(texts)])
-    first = dedup(questions, CurationSettings()).sort("question_id", "check_name")
-    shuffled = dedup(questions.sample(fraction=1.0, shuffle=True, seed=7), CurationSettings()).sort(
-        "question_id", "check_name"
-    )
-    assert first.filter(~pl.col("kept")).height >= 2
-    assert first.equals(shuffled)
-
-
-# ----------------------------------------------------------------------------- decontamination
-
 GSM8K_EDITED = GSM8K[0].replace("Janet’s", "Maria's").replace("16 eggs", "18 eggs").replace("$2", "$3")
-GSM8K10_EDITED = GSM8K[10].replace("60 downloads", "75 downloads").replace("30%", "25%")
-MATH_EDITED = MATH[20].replace("m < 20", "m < 30")
-MATH7_EDITED = MATH[7].replace("1000 dollars", "2000 dollars").replace("1225 dollars", "2450 dollars")
-SHORT_MATH_IN_QUESTION = MATH[3].rstrip(".") + ", then write the result in polar form."
 CLEAN = [
     "Maria's hens lay eggs every day; if each of 5 hens lays 2 eggs per day, how many eggs are laid in a week?",
     "A cyclist rides 18 km in 45 minutes. At the same speed, how far does she ride in 2 hours?",
     "Let f(x) = 3x^2 - 5x + 2. Find all real x with f(x) = 0 and compute their sum.",
     "How many positive divisors does 360 have, and what is the sum of its prime factors?",
 ]
-
-
-@pytest.fixture(scope="module")
-def builtin_index() -> ContaminationIndex:
-    return ContaminationIndex([load_benchmark("builtin:gsm8k"), load_benchmark("builtin:math")], ngram=13)
-
-
-def test_benchmark_items_verbatim_and_lightly_edited_are_caught(builtin_index: ContaminationIndex) -> None:
-    planted = {
-        "gsm-verbatim": (GSM8K[0], "gsm8k:0"),
-        "gsm-edited": (GSM8K_EDITED, "gsm8k:0"),
-        "gsm10-edited": (GSM8K10_EDITED, "gsm8k:10"),
-        "math-verbatim": ("  " + MATH[20].upper(), "math:20"),
-        "math-edited": (MATH_EDITED, "math:20"),
-        "math7-edited": (MATH7_EDITED, "math:7"),
-        "math-short-inside": (SHORT_MATH_IN_QUESTION, "math:3"),
-    }
-    # the edits really happened: these are not the benchmark texts
-    assert GSM8K_EDITED != GSM8K[0] and GSM8K10_EDITED != GSM8K[10]
-    assert MATH_EDITED != MATH[20] and MATH7_EDITED != MATH[7]
-    clean = {f"clean-{i}": text for i, text in enumerate(CLEAN)}
-    questions = pl.DataFrame(
-        {
-            "question_id": [*planted, *clean],
-            "question": [t for t, _ in planted.values()] + list(clean.values()),
-        }
-    )
-    rows = builtin_index.check(questions)
-    exact, ngram = _by_check(rows, "contamination_exact"), _by_check(rows, "contamination_ngram")
-
-    for question_id, (_, item) in planted.items():
-        assert not ngram[question_id]["kept"], question_id
-        assert ngram[question_id]["matched_id"] == item, question_id
-    assert {q for q, r in exact.items() if not r["kept"]} == {"gsm-verbatim", "math-verbatim"}
-    assert exact["math-verbatim"]["matched_id"] == "math:20"
-    assert ngram["math-short-inside"]["detail"] == f"contains the whole {len(_words(MATH[3]))}-word item"
-    # score: number of shared 13-grams; the verbatim copy shares all of the item's
-    assert ngram["gsm-verbatim"]["score"] == len(_words(GSM8K[0])) - 12
-    assert 0 < ngram["gsm-edited"]["score"] < ngram["gsm-verbatim"]["score"]
-    for question_id in clean:
-        assert exact[question_id]["kept"] and ngram[question_id]["kept"], question_id
-
-
-def test_user_benchmark_files_jsonl_with_field_and_parquet(tmp_path: Path) -> None:
-    jsonl = tmp_path / "my-bench.jsonl"
-    jsonl.write_text(
-        "\n".join(json.dumps({"id": i, "prompt": text}) for i, text in enumerate([CLEAN[2], LONG_QUESTION])),
-        encoding="utf-8",
-    )
-    parquet = tmp_path / "exam.parquet"
-    pl.DataFrame({"problem": [CLEAN[1]], "answer": ["48 km"]}).write_parquet(parquet)
-    benchmarks = [load_benchmark(f"{jsonl}:prompt"), load_benchmark(str(parquet))]
-    assert [b.name for b in benchmarks] == ["my-bench", "exam"]
-    index = ContaminationIndex(benchmarks, ngram=13)
-    questions = pl.DataFrame({"question_id": ["a", "b", "c"], "question": [LONG_QUESTION, CLEAN[1], CLEAN[0]]})
-    ngram = _by_check(index.check(questions), "contamination_ngram")
-    assert ngram["a"]["matched_id"] == "my-bench:1"
-    assert ngram["b"]["matched_id"] == "exam:0"
-    assert ngram["c"]["kept"]
-
-
-def test_bad_benchmark_specs_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(BenchmarkError, match="unknown builtin"):
-        parse_benchmark_spec("builtin:nope")
-    with pytest.raises(BenchmarkError, match="expected a"):
-        parse_benchmark_spec(str(tmp_path / "bench.csv"))
-    no_field = tmp_path / "b.jsonl"
-    no_field.write_text(json.dumps({"text": "x"}) + "\n", encoding="utf-8")
-    with pytest.raises(BenchmarkError, match="no question or problem field"):
-        load_benchmark(str(no_field))
-    with pytest.raises(BenchmarkError, match="not found"):
-        load_benchmark(str(tmp_path / "missing.jsonl"))
-    assert parse_benchmark_spec("s3://bucket/evals/test.jsonl") == ("test", "s3://bucket/evals/test.jsonl", None)
-    assert parse_benchmark_spec("s3://bucket/t.parquet:Body+Question")[2] == "Body+Question"
 
 
 # ----------------------------------------------------------------------------- store: curate + export
@@ -295,12 +135,22 @@ def curated_store(store_url: str) -> tuple[Store, object]:
                 ("qb-2", 3, CLEAN[2], 5),
                 ("qb-3", 3, MATH[20], 6),  # contaminated (exact)
                 ("qb-4", 1, CLEAN[3], 7),  # no answer
+                ("qb-5", 1, "Question 1", 8),  # the question gate drops it
+                ("qb-6", 2, CLEAN[0], 9),  # its answer was rejected
+                ("qb-7", 3, "Find the sum of all positive divisors of 496 and say whether 496 is perfect.", 10),
             ],
             shard="q-shard-b",
         ),
     )
-    answered = ["qa-1", "qa-2", "qa-3", "qa-4", "qb-1", "qb-2", "qb-3"]
-    store.write_shard("answers", "a0", _answers(answered))
+    store.write_shard(
+        "curation",
+        "gate-q-shard-b",
+        [{"question_id": "qb-5", "check_name": "question_gate", "kept": False, "matched_id": None, "score": None,
+          "detail": "header_like", "shard_id": "gate-q-shard-b", "run_id": "run-gate"}],
+    )
+    answered = ["qa-1", "qa-2", "qa-3", "qa-4", "qb-1", "qb-2", "qb-3", "qb-5", "qb-6", "qb-7"]
+    # qb-7's answer has no final answer (and no rejection code): not verified either
+    store.write_shard("answers", "a0", _answers(answered, rejected={"qb-6": "low_confidence", "qb-7": None}))
     settings = load_settings(store=store_url)
     return store, settings
 
@@ -314,8 +164,11 @@ def _curate(store: Store, settings) -> dict:
 def test_curation_rows_in_store_are_replaced_on_rerun(curated_store) -> None:
     store, settings = curated_store
     summary = _curate(store, settings)
-    assert summary["dedup"] == {"questions": 8, "exact_dup": 1, "near_dup": 1}
-    assert sorted(store.shard_ids("curation")) == ["decontam-q-shard-a", "decontam-q-shard-b", "dedup-all"]
+    # qb-5 failed the question gate: dedup leaves it out, so it cannot stand in for a good duplicate
+    assert summary["dedup"] == {"questions": 10, "exact_dup": 1, "near_dup": 1}
+    assert sorted(store.shard_ids("curation")) == [
+        "decontam-q-shard-a", "decontam-q-shard-b", "dedup-all", "gate-q-shard-b",
+    ]
     first = store.read_table("curation").sort("shard_id", "question_id", "check_name")
     dropped = first.filter(~pl.col("kept")).select("question_id", "check_name", "matched_id").rows()
     assert set(dropped) == {
@@ -324,6 +177,7 @@ def test_curation_rows_in_store_are_replaced_on_rerun(curated_store) -> None:
         ("qa-3", "contamination_ngram", "gsm8k:0"),
         ("qb-3", "contamination_exact", "math:20"),
         ("qb-3", "contamination_ngram", "math:20"),
+        ("qb-5", "question_gate", None),
     }
     _curate(store, settings)
     again = store.read_table("curation").sort("shard_id", "question_id", "check_name")
@@ -334,24 +188,45 @@ def test_curation_rows_in_store_are_replaced_on_rerun(curated_store) -> None:
     assert "decontam-q-shard-b" not in store.shard_ids("curation")
 
 
+def test_decontaminate_shards_builds_the_index_once_for_many_shards(curated_store, monkeypatch) -> None:
+    store, settings = curated_store
+    built = []
+    original = decontam.ContaminationIndex.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(decontam.ContaminationIndex, "__init__", counting_init)
+    decontam._cached_index.cache_clear()
+    shards = question_shards(store)
+    result = decontaminate_shards(store, settings, "run-c", shards)
+    again = decontaminate_shards(store, settings, "run-c", shards)
+    assert len(built) == 1 and again == result
+    assert result["shards"] == 2 and result["questions"] == 11
+    assert result["per_benchmark"] == {"gsm8k": 1, "math": 1, "olympiadbench": 0, "college_math": 0, "gaokao2023en": 0}
+    assert {f"decontam-{s}" for s in shards} <= set(store.shard_ids("curation"))
+
+
 def test_export_round_trips_through_datasets(curated_store, tmp_path: Path) -> None:
     from datasets import load_dataset
 
     store, settings = curated_store
     _curate(store, settings)
     result = export_dataset(store, settings, "demo", ["parquet", "jsonl"])
-    expected_ids = ["qa-1", "qa-4", "qb-2"]  # qb-4 has no answer; the others were dropped
+    expected_ids = ["qa-1", "qa-4", "qb-2"]  # qb-4 has no answer, qb-6/qb-7 unverified ones; the rest dropped
     assert result["rows"] == 3
-    assert result["funnel"] == {
-        "questions": 8,
-        "not_curated": 0,
-        "dropped_by_curation": 4,
-        "without_answer": 1,
-        "below_min_agreement": 0,
+    assert {k: v for k, v in result["funnel"].items() if v} == {
+        "questions": 11, "question_gate": 1, "exact_dup": 1, "near_dup": 1, "contamination": 2, "no_answer": 1,
+        "unverified_answer": 2, "exported": 3,
+    }
+    assert result["contamination_by_benchmark"] == {
+        "gsm8k": 1, "math": 1, "olympiadbench": 0, "college_math": 0, "gaokao2023en": 0,
     }
     base = Path(store.path("exports", "demo"))
     plain_columns = {
-        "question_id", "question", "answer", "final_answer", "level", "confidence", "doc_ids", "combo_id",
+        "question_id", "question", "answer", "final_answer", "normalized_answer", "votes", "n_samples",
+        "level", "confidence", "doc_ids", "combo_id",
         "concepts", "school_level", "is_original", "model", "answer_model", "prompt_version",
         "answer_prompt_version", "run_id", "answer_run_id",
     }
@@ -372,9 +247,21 @@ def test_export_round_trips_through_datasets(curated_store, tmp_path: Path) -> N
 
     card = (base / "README.md").read_text(encoding="utf-8")
     assert "data_files: plain/data.parquet" in card
-    assert "| contamination_exact | math | 1 |" in card
-    assert "| contamination_ngram | gsm8k | 1 |" in card
-    assert "| exported | 3 |" in card and "| no answer | 1 |" in card
+    # the funnel per level: step, reason, level 1, level 2, level 3, total
+    assert "| step | reason | level 1 | level 2 | level 3 | total |" in card
+    assert "| generated |  | 5 | 3 | 3 | 11 |" in card
+    assert "| question gate | header_like | 1 | 0 | 0 | 1 |" in card
+    assert "| exact duplicate |  | 1 | 0 | 0 | 1 |" in card
+    assert "| near duplicate |  | 0 | 1 | 0 | 1 |" in card
+    assert "| benchmark contamination | gsm8k | 1 | 0 | 0 | 1 |" in card
+    assert "| benchmark contamination | math | 0 | 0 | 1 | 1 |" in card
+    assert "| no answer |  | 1 | 0 | 0 | 1 |" in card
+    assert "| unverified answer | low_confidence | 0 | 1 | 0 | 1 |" in card
+    assert "| unverified answer | no_final_answer | 0 | 0 | 1 | 1 |" in card
+    assert "| exported |  | 1 | 1 | 1 | 3 |" in card
+    # every configured benchmark, caught or not
+    for line in ("| gsm8k | 1 |", "| math | 1 |", "| olympiadbench | 0 |", "| college_math | 0 |", "| gaokao2023en | 0 |"):
+        assert line in card, line
     # a second export with only jsonl removes the stale parquet files
     export_dataset(store, settings, "demo", ["jsonl"])
     assert not (base / "plain" / "data.parquet").exists() and (base / "plain" / "data.jsonl").exists()
@@ -388,7 +275,7 @@ def test_export_leaves_out_uncurated_questions_and_low_agreement(curated_store) 
     store.write_shard("answers", "a0", _answers(["qa-1", "qa-4", "qb-2"], confidence=0.4))
     strict = load_settings(overrides={"answer.min_agreement": 0.5}, store=store.url)
     result = export_dataset(store, strict, "strict", ["parquet"])
-    assert result["rows"] == 0 and result["funnel"]["below_min_agreement"] == 3
+    assert result["rows"] == 0 and result["funnel"]["low_agreement"] == 3
 
 
 # ----------------------------------------------------------------------------- diversity report

@@ -147,3 +147,50 @@ def test_scripts_parse_and_reject_missing_arguments(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2, result.stderr
+
+
+LLM_ENTRYPOINTS = {"flows/filter_references.py:filter_references_flow", "flows/synthesize.py:synthesize_flow",
+                   "flows/synthesize.py:run_pipeline_flow"}
+
+
+def _settings_on_pool(deployment: dict, monkeypatch):
+    for key, value in deployment["work_pool"].get("job_variables", {}).get("env", {}).items():
+        monkeypatch.setenv(key, value)
+    return load_settings(REPO / deployment["parameters"]["config"])
+
+
+def test_deployment_names_say_what_they_do():
+    assert not [d["entrypoint"] for d in DEPLOYMENTS if d["name"] == "default"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=IDS)
+def test_tags_name_the_backend_the_config_runs(deployment, monkeypatch):
+    """A llama.cpp run is not tagged openai, a CPU deployment not gpu: the tag is the backend."""
+    tags = set(deployment["tags"])
+    assert "gpu" not in tags, "the pool says where a run goes; tags name the backend"
+    if deployment["entrypoint"] in LLM_ENTRYPOINTS:
+        backend = _settings_on_pool(deployment, monkeypatch).engine.backend
+        assert backend in tags and not tags & ({"vllm", "openai", "llamacpp"} - {backend})
+    else:
+        assert "cpu" in tags
+
+
+def test_demo_deployment_runs_on_one_machine(monkeypatch):
+    """The first click in the UI: CPU pool, the embedded engine, a local store, files in the repo."""
+    (demo,) = [d for d in DEPLOYMENTS if d["name"] == "demo"]
+    assert _load_flow(demo["entrypoint"]).name == "synthllm-run"
+    assert demo["work_pool"]["name"] == "synthllm-cpu"
+    settings = _settings_on_pool(demo, monkeypatch)
+    assert settings.engine.backend == "llamacpp" and not settings.store.url.startswith("s3://")
+    for pattern in demo["parameters"]["sources"]:
+        assert sorted(REPO.glob(pattern)), pattern
+
+
+def test_every_flow_parameter_is_documented_for_the_run_form():
+    """The UI's run form shows each parameter's description, parsed from the docstring's Args."""
+    for module_file in sorted((REPO / "flows").glob("*.py")):
+        module = importlib.import_module(f"flows.{module_file.stem}")
+        for flow in (obj for obj in vars(module).values() if isinstance(obj, Flow)):
+            properties = parameter_schema(flow.fn).properties
+            undocumented = [name for name, spec in properties.items() if not spec.get("description")]
+            assert not undocumented, f"{flow.name}: no Args entry for {undocumented}"

@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from synthllm.engines import LLM, ChatRequest, ChatResult, Completion, ScriptedEngine, usage_summary
+from synthllm.engines.base import RunStopped, clear_stop, request_stop
 from synthllm.engines.client import retry_seed
 from synthllm.settings import EngineSettings
 from synthllm.store import Store, StoreError
@@ -142,8 +144,9 @@ def test_rerun_is_answered_from_the_cache(store):
     assert [r.cached for r in second] == [True] * 5 + [False]
     # only the failed item (never cached) is asked again
     assert [question_of(r) for r in rerun_engine.requests] == ["bad"]
-    parts = store.glob(store.path("cache", "llm", "level1", "s1", "part-*.parquet"))
-    assert len(parts) == 3  # 5 valid results flushed every 2
+    # 5 valid results were flushed in parts of 2; the finished shard compacted them to one file
+    files = store.glob(store.path("cache", "llm", "level1", "s1", "*"))
+    assert [f.rsplit("/", 1)[1].split("-")[0] for f in files] == ["shard"]
 
 
 def test_cache_key_covers_sampling_and_model(store):
@@ -164,7 +167,28 @@ def test_identical_requests_are_sent_once(store):
     assert engine.calls == 2
 
 
-def test_engine_exception_keeps_finished_results_and_rerun_resumes(store):
+class BatchOnly:
+    """An engine written elsewhere: ``generate(requests)`` without ``on_result``."""
+
+    def __init__(self, engine: ScriptedEngine) -> None:
+        self.engine, self.backend, self.model_id = engine, engine.backend, engine.model_id
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        return self.engine.generate(requests)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("wrap", "stored"),
+    [
+        (lambda engine: engine, 5),  # every result is cached as it is made
+        (BatchOnly, 4),  # chunks of 2: the crash hit the third chunk, so 4 results were stored
+    ],
+    ids=["on_result", "batch_only"],
+)
+def test_engine_exception_keeps_finished_results_and_rerun_resumes(store, wrap, stored):
     calls_before_crash = 5
 
     def dying(request: ChatRequest) -> str:
@@ -176,13 +200,12 @@ def test_engine_exception_keeps_finished_results_and_rerun_resumes(store):
     dying.calls = 0
     requests = [ask(str(i)) for i in range(10)]
     with pytest.raises(ConnectionError):
-        run(LLM(ScriptedEngine(dying), store, settings()), requests)
+        run(LLM(wrap(ScriptedEngine(dying)), store, settings()), requests)
     resumed = ScriptedEngine(answer_with_number)
     results = run(LLM(resumed, store, settings()), requests)
     assert [r.parsed["answer"] for r in results] == list(range(10))
-    # chunks of 2: the crash hit the third chunk, so 4 results were stored
-    assert sum(r.cached for r in results) == 4
-    assert resumed.calls == 6
+    assert sum(r.cached for r in results) == stored
+    assert resumed.calls == 10 - stored
 
 
 def test_process_killed_mid_batch_resumes_from_flushed_parts(store):
@@ -280,3 +303,110 @@ def test_engine_breaking_the_length_contract_is_an_error(store):
 
     with pytest.raises(RuntimeError, match="returned 1 results for 2 requests"):
         run(LLM(Short(answer_with_number), store, settings()), [ask("1"), ask("2")])
+
+
+# --------------------------------------------------------------------------- cache: flushing, compaction, bad files
+def cache_files(store: Store, shard_id: str = "s1") -> list[str]:
+    return [f.rsplit("/", 1)[1] for f in store.glob(store.path("cache", "llm", "level1", shard_id, "*"))]
+
+
+def test_cache_flushes_on_time_while_replies_are_slow(store):
+    """Fewer than cache_flush_every replies still reach the store within cache_flush_interval_s."""
+    seen_in_store: list[int] = []
+
+    def slow(request: ChatRequest) -> str:
+        if question_of(request) == "3":  # the third reply is slow: the first two must be stored meanwhile
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not store.glob(store.path("cache", "llm", "level1", "s1", "*")):
+                time.sleep(0.05)
+            parts = store.glob(store.path("cache", "llm", "level1", "s1", "part-*.parquet"))
+            seen_in_store.append(sum(store.read_parquet_file(p).num_rows for p in parts))
+        return answer_with_number(request)
+
+    engine = ScriptedEngine(slow)
+    run(LLM(engine, store, settings(cache_flush_every=100, cache_flush_interval_s=0.2)), [ask("1"), ask("2"), ask("3")])
+    assert seen_in_store == [2]
+
+
+def test_finished_shard_is_compacted_and_a_rerun_adds_to_it(store):
+    engine = ScriptedEngine(answer_with_number)
+    run(LLM(engine, store, settings()), [ask(str(i)) for i in range(5)])
+    [first] = cache_files(store)
+    assert first.startswith("shard-")
+    results = run(LLM(engine, store, settings()), [ask(str(i)) for i in range(8)], run_id="run-b")
+    assert [r.cached for r in results] == [True] * 5 + [False] * 3
+    [second] = cache_files(store)
+    assert second.startswith("shard-") and second != first
+    assert store.read_parquet_file(store.path("cache", "llm", "level1", "s1", second)).num_rows == 8
+    assert engine.calls == 8
+
+
+def test_interrupted_compaction_leaves_readable_duplicates(store):
+    """Parts and the compacted file side by side (killed between write and delete): deduped by key."""
+    engine = ScriptedEngine(answer_with_number)
+    requests = [ask(str(i)) for i in range(4)]
+    llm = LLM(engine, store, settings())
+    run(llm, requests)
+    folder = store.path("cache", "llm", "level1", "s1")
+    [compacted] = store.glob(f"{folder}/*")
+    store.write_bytes(f"{folder}/part-copy.parquet", store.read_bytes(compacted))
+    results = run(llm, requests, run_id="run-b")
+    assert all(r.cached for r in results) and engine.calls == 4
+    assert len(cache_files(store)) == 1
+
+
+def test_corrupt_cache_part_is_a_recorded_miss(store):
+    engine = ScriptedEngine(answer_with_number)
+    requests = [ask(str(i)) for i in range(4)]
+    run(LLM(engine, store, settings()), requests[:2])
+    folder = store.path("cache", "llm", "level1", "s1")
+    [good] = store.glob(f"{folder}/*")
+    data = store.read_bytes(good)
+    bad = f"{folder}/part-truncated.parquet"
+    store.write_bytes(bad, data[: len(data) // 2])
+
+    problems: list = []
+    results = LLM(engine, store, settings()).run(requests, stage="level1", shard_id="s1", run_id="run-b", problems=problems)
+    assert [r.parsed["answer"] for r in results] == [0, 1, 2, 3]
+    assert [r.cached for r in results] == [True, True, False, False]
+    [problem] = problems
+    assert (problem.stage, problem.reason, problem.source) == ("level1", "cache_unreadable", bad)
+    assert bad in problem.detail
+    # kept for inspection under another name, out of every later lookup
+    assert sorted(cache_files(store))[0] == "part-truncated.parquet.corrupt"
+    problems = []
+    LLM(engine, store, settings()).run(requests, stage="level1", shard_id="s1", run_id="run-c", problems=problems)
+    assert problems == [] and engine.calls == 4
+
+
+# --------------------------------------------------------------------------- stopping a run
+@pytest.fixture
+def stop_flag():
+    yield request_stop
+    clear_stop()
+
+
+def test_stop_request_mid_batch_keeps_received_replies_and_rerun_resumes(store, stop_flag):
+    def stop_after_third(request: ChatRequest) -> str:
+        if question_of(request) == "2":
+            stop_flag()  # a signal handler would call this from the main thread
+        return answer_with_number(request)
+
+    engine = ScriptedEngine(stop_after_third)
+    requests = [ask(str(i)) for i in range(10)]
+    with pytest.raises(RunStopped, match="stop requested"):
+        run(LLM(engine, store, settings(cache_flush_every=100)), requests)
+    assert engine.calls == 3
+    clear_stop()
+    resumed = ScriptedEngine(answer_with_number)
+    results = run(LLM(resumed, store, settings()), requests, run_id="run-b")
+    assert [r.cached for r in results] == [True] * 3 + [False] * 7
+    assert [question_of(r) for r in resumed.requests] == [str(i) for i in range(3, 10)]
+
+
+def test_stop_requested_before_a_run_makes_no_engine_call(store, stop_flag):
+    stop_flag()
+    engine = BatchOnly(ScriptedEngine(answer_with_number))
+    with pytest.raises(RunStopped):
+        run(LLM(engine, store, settings()), [ask("1")])
+    assert engine.engine.calls == 0

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from synthllm.engines import LLM, ChatRequest, make_engine
+from synthllm.engines.base import RunStopped, clear_stop, request_stop
 from synthllm.engines.client import RETRIED_REASONS
 from synthllm.engines.llamacpp_backend import LlamaCppEngine
 from synthllm.engines.registry import gguf_path
@@ -81,3 +85,36 @@ def test_batch_with_schema_output_tokens_and_cache(settings, store_url):
     assert [r.text for r in rerun if r.cached] == [r.text for r in results if r.ok]
     [usage] = store.read_table("llm_usage").to_dicts()
     assert usage["cached"] == sum(r.ok for r in results)
+
+
+def test_stop_request_ends_a_batch_within_seconds_and_rerun_resumes(settings, store_url):
+    """A stop is seen between tokens: the batch ends mid-reply; finished replies are cached."""
+    store = Store(store_url)
+    short = [user(f"Name one prime number bigger than {i}.", temperature=0.0, max_tokens=48, seed=i) for i in (1, 2)]
+    long_reply = user("Write a very long story about numbers.", temperature=0.7, max_tokens=N_CTX - 64, seed=3)
+    llm = LLM(make_engine(settings), store, settings)
+    outcome: dict = {}
+
+    def run_batch() -> None:
+        try:
+            llm.run([short[0], long_reply, short[1]], stage="probe", shard_id="stop", run_id="r1")
+        except RunStopped:
+            outcome["stopped_at"] = time.perf_counter()
+
+    thread = threading.Thread(target=run_batch)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not store.glob(store.path("cache", "llm", "probe", "stop", "*")) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the short reply is stored as soon as it is made: the long one has begun
+        asked_at = time.perf_counter()
+        request_stop()
+        thread.join(60)
+    finally:
+        clear_stop()
+    assert "stopped_at" in outcome and outcome["stopped_at"] - asked_at < 3
+
+    rerun = llm.run(short, stage="probe", shard_id="stop", run_id="r2")
+    assert [r.cached for r in rerun] == [True, False]
+    [usage] = store.read_table("llm_usage", ["probe-stop"]).to_dicts()
+    assert (usage["calls"], usage["cached"]) == (1, 1)

@@ -22,10 +22,14 @@ from synthllm.engines.client import LLM
 from synthllm.engines.scripted import ScriptedEngine
 from synthllm.ingest import expand_sources
 from synthllm.prompts import PromptError, load_prompt
-from synthllm.settings import load_settings, settings_payload
+from synthllm.settings import load_settings
 from synthllm.store import Store
-from tasks import filtering as T
-from tasks.ingest import ingest_file
+from synthllm.engine_pool import POOL
+from synthllm.stages import filtering as S
+from synthllm.stages.base import Provenance
+from synthllm.stages.rate import RateStage
+from synthllm.stages.runner import rows_and_failures
+from synthllm.ingest import ingest_file
 
 MATH_WORDS = re.compile(
     r"\b(equations?|solve|solving|solutions?|numbers?|fractions?|variables?|expressions?|graphs?|integers?|"
@@ -92,7 +96,7 @@ def ingest_corpus(store_url: str, tmp_path: Path, corpus: dict[str, list[dict]])
     settings = load_settings(store=store_url)
     store = Store(settings.store)
     for file in expand_sources([str(source)], settings.store):
-        ingest_file(store, file, settings_payload(settings), "test-ingest")
+        ingest_file(store, settings, "test-ingest", file)
     return store
 
 
@@ -107,7 +111,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch, corpus: dict[str, list[dict]]) -> 
             llms[store.url] = LLM(ScriptedEngine(responder), store, engine_settings)
         return llms[store.url]
 
-    monkeypatch.setattr(T, "open_llm", open_scripted)
+    monkeypatch.setattr(POOL, "open", open_scripted)
     return responder
 
 
@@ -126,29 +130,31 @@ def test_rate_prompt_puts_the_document_before_the_instructions() -> None:
 
 def test_prompt_rendering_rejects_missing_and_unknown_values() -> None:
     prompt = load_prompt("write_reference_example")
-    assert prompt.placeholders == {"domain", "kind", "level"}
+    assert prompt.placeholders == {"domain", "kind", "level", "subtopic"}
     with pytest.raises(PromptError, match="missing values \\['level'\\]"):
-        prompt.render(domain="mathematics", kind="exam paper")
+        prompt.render(domain="mathematics", kind="exam paper", subtopic="sets")
     with pytest.raises(PromptError, match="unknown values \\['topic'\\]"):
-        prompt.render(domain="mathematics", kind="exam paper", level="high school", topic="sets")
+        prompt.render(domain="mathematics", kind="exam paper", level="high school", subtopic="sets", topic="sets")
     with pytest.raises(PromptError, match="no prompt file"):
         load_prompt("no_such_prompt")
 
 
 # --------------------------------------------------------------------------- pure logic
 def test_parse_ratings_keeps_valid_replies_and_quarantines_the_rest() -> None:
-    settings = load_settings().filter
+    settings = load_settings()
     valid = ChatResult([Completion('{"relevance": 8, "clarity": 6, "language": 7, "rating": 7}', "stop",
                                    {"relevance": 8, "clarity": 6, "language": 7, "rating": 7})])
     low = ChatResult([Completion("{}", "stop", {"relevance": 2, "clarity": 6, "language": 7, "rating": 3})])
     broken = ChatResult([Completion(GARBAGE, "stop")], error="invalid_json: Expecting value")
-    rows, failures = F.parse_ratings(
-        ["a", "b", "c"], [valid, broken, low], round_=1, settings=settings, model_id="m", shard_id="s", run_id="r"
-    )
+    stage = RateStage(round_index=1)
+    items = [{"doc_id": d} for d in ("a", "b", "c")]
+    origins = [Provenance("rate_document@1", "m", "{}")] * 3
+    rows, failures = rows_and_failures(stage, settings, items, [valid, broken, low], origins, "m")
     assert [(r["doc_id"], r["llm_rating"], r["kept"]) for r in rows] == [("a", 7.0, True), ("c", 3.0, False)]
     assert all(r["classifier_score"] is None and r["prompt_version"] == "rate_document@1" for r in rows)
     [failure] = failures
     assert (failure.stage, failure.item_id, failure.reason, failure.raw) == ("rate", "b", "invalid_json", GARBAGE)
+    assert failure.source == "m"
 
 
 def test_cold_start_examples_vary_and_empty_or_failed_ones_are_quarantined() -> None:
@@ -170,6 +176,19 @@ def test_cold_start_examples_vary_and_empty_or_failed_ones_are_quarantined() -> 
     assert [(f.item_id, f.reason) for f in failures] == [
         ("example-1", "empty_output"), ("example-2", "engine_unreachable"), ("example-4", "duplicate_output")
     ]
+
+
+def test_cold_start_examples_cover_different_syllabus_subtopics() -> None:
+    """Issue 12: with no syllabus the writer chose its topic and kept writing the same few."""
+    settings = load_settings(overrides={"filter.cold_start_positives": 8}).filter
+    requests = F.example_requests(F.example_specs(settings), settings)
+    shown = [next(t for t in settings.syllabus if t in r.messages[-1]["content"]) for r in requests]
+    assert len(set(shown)) == 8
+    assert F.example_specs(settings) == F.example_specs(settings)  # seeded: reruns hit the cache
+    reseeded = load_settings(overrides={"filter.cold_start_positives": 8, "filter.seed": 1}).filter
+    assert [s.subtopic for s in F.example_specs(reseeded)] != [s.subtopic for s in F.example_specs(settings)]
+    custom = load_settings(overrides={"filter.cold_start_positives": 4, "filter.syllabus": ["knot theory", "graph colouring"]}).filter
+    assert sorted(s.subtopic for s in F.example_specs(custom)) == ["graph colouring"] * 2 + ["knot theory"] * 2
 
 
 def test_models_score_on_the_rating_scale_and_are_versioned_by_their_data(corpus) -> None:
@@ -237,7 +256,7 @@ def test_malformed_ratings_go_to_failures(store_url, tmp_path, corpus, scripted)
     settings = load_settings(store=store_url)
     mathematical = max(corpus["math"], key=lambda d: math_signal(d["text"][: settings.filter.rater_chars]))
     doc_ids = [mathematical["id"], broken["id"], corpus["web"][4]["id"], "no-such-document"]
-    summary = T.rate_documents_body(store, settings, 1, doc_ids, "run-1")
+    summary = S.rate_documents(store, settings, "run-1", 1, doc_ids)
     assert summary["rated"] == 2 and summary["failures"] == 2
     rows = store.read_table("document_scores", [summary["shard_id"]]).sort("llm_rating")
     assert rows["doc_id"].to_list() == [corpus["web"][4]["id"], mathematical["id"]]
@@ -247,7 +266,7 @@ def test_malformed_ratings_go_to_failures(store_url, tmp_path, corpus, scripted)
     assert (by_doc[broken["id"]]["reason"], by_doc[broken["id"]]["raw"]) == ("invalid_json", GARBAGE)
     assert by_doc["no-such-document"]["reason"] == "missing_document"
     calls = dict(scripted.calls)
-    assert T.rate_documents_body(store, settings, 1, doc_ids, "run-2")["skipped"]
+    assert S.rate_documents(store, settings, "run-2", 1, doc_ids)["skipped"]
     assert scripted.calls == calls
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import polars as pl
 import pytest
@@ -12,13 +14,15 @@ from synthllm.graph import (
     TOPIC_KC,
     TOPIC_TOPIC,
     ConceptGraph,
-    InvertedIndex,
     assign_subsets,
     build_graphs,
-    ground,
     sample_combinations,
+    split_budget,
 )
-from synthllm.settings import GraphSettings
+from synthllm.grounding import InvertedIndex, ground, tie_order
+from synthllm.settings import GraphSettings, Settings
+from synthllm.stages.graph import build_concept_graph
+from synthllm.store import Store
 
 
 def links_frame(rows: list[tuple[str, str, str | None]]) -> pl.DataFrame:
@@ -222,16 +226,20 @@ def test_budget_keeps_a_random_subset_and_smaller_budgets_nest() -> None:
     assert small["start_topic"].to_list() != sorted(everything.filter(pl.col("epoch") == 0)["start_topic"])[: small.height]
 
 
-def brute_force_references(links: pl.DataFrame, topics: list[str], kcs: list[str], k: int) -> tuple[list[str], list[float]]:
+def brute_force_references(links: pl.DataFrame, topics: list[str], kcs: list[str], k: int, row: int,
+                           seed: int = 0) -> tuple[list[str], list[float]]:
+    """Every document scored; ties in the order tie_order gives the pair (row, document index)."""
     concepts = {("t", t) for t in topics} | {("k", c) for c in kcs}
     documents: dict[str, set[tuple[str, str]]] = {}
     for doc, topic, kc in links.iter_rows():
         documents.setdefault(doc, set()).add(("t", topic))
         if kc is not None:
             documents[doc].add(("k", kc))
-    scored = sorted((-len(concepts & held) / len(concepts | held), doc)
-                    for doc, held in documents.items() if concepts & held)
-    return [doc for _, doc in scored[:k]], [-score for score, _ in scored[:k]]
+    names = sorted(documents)
+    ties = tie_order(seed, np.full(len(names), row), np.arange(len(names)))
+    scored = sorted((-len(concepts & documents[doc]) / len(concepts | documents[doc]), int(tie), doc)
+                    for doc, tie in zip(names, ties) if concepts & documents[doc])
+    return [doc for _, _, doc in scored[:k]], [-score for score, _, _ in scored[:k]]
 
 
 @pytest.mark.parametrize(("full_expansion_df", "references"), [(1, 2), (4, 3), (10_000, 2)])
@@ -245,16 +253,120 @@ def test_grounding_returns_the_true_top_k(full_expansion_df: int, references: in
     combinations = pl.concat([combinations.select("topics", "kcs"), extra])
     index = InvertedIndex.from_links(links, full_expansion_df=full_expansion_df)
     # small batches and two threads: many batches, rows split across them
-    grounded = ground(combinations, index, references, workers=2, batch_postings=300)
-    for row in grounded.iter_rows(named=True):
-        docs, scores = brute_force_references(links, row["topics"], row["kcs"], references)
+    grounded = ground(combinations, index, references, seed=7, workers=2, batch_postings=300)
+    for number, row in enumerate(grounded.iter_rows(named=True)):
+        docs, scores = brute_force_references(links, row["topics"], row["kcs"], references, number, seed=7)
         assert row["ref_doc_ids"] == docs
         np.testing.assert_allclose(row["ref_jaccard"], scores)
     assert grounded["ref_doc_ids"].to_list()[-1] == []
 
 
-def test_grounding_breaks_ties_by_doc_id() -> None:
-    links = links_frame([(doc, "topic:A", "kc:x") for doc in ("d3", "d1", "d2")] + [("d0", "topic:B", None)])
-    grounded = ground(pl.DataFrame({"topics": [["topic:A"]], "kcs": [["kc:x"]]}), links, 2)
-    assert grounded["ref_doc_ids"].to_list() == [["d1", "d2"]]
-    assert grounded["ref_jaccard"].to_list() == [[1.0, 1.0]]
+def test_grounding_ties_are_spread_by_a_seeded_hash() -> None:
+    # 40 documents with the same concepts are equally good references for every combination.
+    links = links_frame([(f"d{i:02d}", "topic:A", "kc:x") for i in range(40)] + [("z", "topic:B", None)])
+    combinations = pl.DataFrame({"topics": [["topic:A"]] * 200, "kcs": [["kc:x"]] * 200})
+    grounded = ground(combinations, links, 2, seed=3)
+    references = grounded["ref_doc_ids"].to_list()
+    assert grounded["ref_jaccard"].to_list() == [[1.0, 1.0]] * 200
+    assert all(len(set(pair)) == 2 for pair in references)
+    firsts = Counter(pair[0] for pair in references)
+    assert len(firsts) >= 30 and max(firsts.values()) <= 20  # not every row taking d00, d01
+    assert ground(combinations, links, 2, seed=3)["ref_doc_ids"].to_list() == references  # reproducible
+    assert ground(combinations, links, 2, seed=4)["ref_doc_ids"].to_list() != references  # seeded
+
+
+def test_walkers_that_reach_no_kc_leave_the_kc_steps_alone() -> None:
+    # Six topics share d2, only topic:A has a KC: walks ending on B..F reach none. Their position
+    # is still a topic index, which the KC steps used to look up in the (1-row) KC subgraph.
+    links = links_frame([("d1", "topic:A", "kc:x")] + [("d2", f"topic:{t}", None) for t in "ABCDEF"])
+    (graph,) = build_graphs(links, GraphSettings())
+    assert (graph.n_topics, graph.kcs.len()) == (6, 1)
+    combinations = sample_combinations(graph, GraphSettings(epochs=5))
+    assert 0 < combinations.height < 6 * 5
+    assert all(walk[-2:] == ["topic:A", "kc:x"] for walk in combinations["walk"].to_list())
+    # topics only: no walker ever reaches a KC
+    (no_kcs,) = build_graphs(links_frame([("d1", "topic:A", None), ("d1", "topic:B", None)]), GraphSettings())
+    assert sample_combinations(no_kcs, GraphSettings()).height == 0
+
+
+def expected_kc_topics(edges: pl.DataFrame, topics: list[str], kcs: list[str]) -> list[str]:
+    """By hand from the edges table: the combination's topic sharing most documents with the KC
+    (the first visited on a tie), else the KC's most strongly linked topic (first by name)."""
+    counts = {(r["src"], r["dst"]): r["count"] for r in edges.filter(pl.col("kind") == TOPIC_KC).iter_rows(named=True)}
+    paired = []
+    for kc in kcs:
+        linked = [(counts.get((topic, kc), 0), -place, topic) for place, topic in enumerate(topics)]
+        best = max(linked)
+        if best[0] > 0:
+            paired.append(best[2])
+        else:
+            paired.append(min((-count, topic) for (topic, other), count in counts.items() if other == kc)[1])
+    return paired
+
+
+def test_each_kc_is_paired_with_a_topic() -> None:
+    links = random_corpus(400, seed=5, n_topics=60, n_kcs=80)
+    (graph,) = build_graphs(links, GraphSettings())
+    combinations = sample_combinations(graph, GraphSettings(epochs=3))
+    edges = graph.edges_frame()
+    own_topic = 0
+    for row in combinations.iter_rows(named=True):
+        assert len(row["kc_topics"]) == len(row["kcs"])
+        assert row["kc_topics"] == expected_kc_topics(edges, row["topics"], row["kcs"])
+        own_topic += sum(topic in row["topics"] for topic in row["kc_topics"])
+    pairs = combinations["kcs"].list.len().sum()
+    assert 0 < own_topic < pairs  # both rules are exercised
+    # Hand-built: x shares 2 documents with A and 1 with B; z none with A or B, its topic is C.
+    hand = links_frame([
+        ("d1", "topic:A", "kc:x"), ("d1", "topic:B", "kc:y"), ("d2", "topic:A", "kc:x"),
+        ("d3", "topic:B", "kc:y"), ("d4", "topic:C", "kc:y"), ("d4", "topic:C", "kc:z"),
+    ])
+    (small,) = build_graphs(hand, GraphSettings())
+    assert expected_kc_topics(small.edges_frame(), ["topic:A", "topic:B"], ["kc:x", "kc:y", "kc:z"]) == [
+        "topic:A", "topic:B", "topic:C"]
+    walks = sample_combinations(small, GraphSettings(epochs=20))
+    seen = {tuple(zip(r["kcs"], r["kc_topics"])) for r in walks.iter_rows(named=True)
+            if r["topics"] == ["topic:A", "topic:B"] and r["kcs"] == ["kc:x", "kc:y", "kc:z"]}
+    assert seen == {(("kc:x", "topic:A"), ("kc:y", "topic:B"), ("kc:z", "topic:C"))}
+
+
+def test_split_budget_follows_the_weights() -> None:
+    assert split_budget(10, [1, 1, 1]) == [4, 3, 3]
+    assert split_budget(100, [600, 300, 100]) == [60, 30, 10]
+    assert split_budget(0, [5, 5]) == [0, 0]
+    with pytest.raises(ValueError, match="cannot split"):
+        split_budget(3, [0, 0])
+
+
+def document_concept_rows(links: pl.DataFrame) -> pl.DataFrame:
+    return links.with_columns(
+        topic_surface=pl.col("topic_id").str.split(":").list.get(1),
+        kc_surface=pl.col("kc_id").str.split(":").list.get(1),
+        prompt_version=pl.lit("v1"), model=pl.lit("scripted"), shard_id=pl.lit("links"), run_id=pl.lit("r0"),
+    )
+
+
+def test_the_stage_splits_the_budget_over_subsets_and_stores_kc_topics(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"))
+    links = random_corpus(600, seed=21)
+    store.write_shard("document_concepts", "links", document_concept_rows(links))
+    settings = Settings.model_validate({"graph": {"subset_size": 200, "epochs": 3},
+                                        "generation": {"max_combinations": 30}})
+    result = build_concept_graph(store, settings, "run-1", ["links"])
+    combinations = store.read_table("concept_combinations")
+    per_subset = combinations.group_by("subset").len().sort("subset")
+    documents = assign_subsets(links, 200).group_by("subset").agg(pl.col("doc_id").n_unique()).sort("subset")
+    assert per_subset["subset"].to_list() == [0, 1, 2]  # every subset, not only the first
+    assert per_subset["len"].to_list() == split_budget(30, documents["doc_id"].to_list())
+    assert result["combinations"] == combinations.height == 30
+    assert [s["budget"] for s in result["subsets"]] == per_subset["len"].to_list()
+    assert (combinations["kc_topics"].list.len() == combinations["kcs"].list.len()).all()
+    again = build_concept_graph(store, settings, "run-2", ["links"])
+    assert all(s["skipped"] for s in again["subsets"]) and again["graph_key"] == result["graph_key"]
+
+
+def test_a_kc_without_a_topic_is_a_clear_error() -> None:
+    edges = pl.DataFrame({"kind": [TOPIC_TOPIC, TOPIC_KC, KC_KC], "src": ["topic:A", "topic:A", "kc:x"],
+                          "dst": ["topic:B", "kc:x", "kc:y"], "count": [1, 1, 1]})
+    with pytest.raises(ValueError, match=r"without a topic-kc edge.*kc:y"):
+        sample_combinations(ConceptGraph.from_edges(edges), GraphSettings())

@@ -10,10 +10,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from synthllm.ingest import IngestError, expand_sources
-from synthllm.settings import StoreSettings, load_settings, settings_payload
+from synthllm.ingest import IngestError, add_file_summary, expand_sources, ingest_file
+from synthllm.settings import StoreSettings, load_settings
 from synthllm.store import Store, StoreError
-from tasks.ingest import ingest_file
 
 
 def ingest_paths(store_url: str, sources: list[str], **overrides) -> dict[str, int]:
@@ -22,8 +21,7 @@ def ingest_paths(store_url: str, sources: list[str], **overrides) -> dict[str, i
     store = Store(settings.store)
     totals: dict[str, int] = {}
     for source in expand_sources(sources, settings.store):
-        for key, value in ingest_file(store, source, settings_payload(settings), "test-run").items():
-            totals[key] = totals.get(key, 0) + value
+        add_file_summary(totals, ingest_file(store, settings, "test-run", source), "test-run")
     return totals
 
 
@@ -67,7 +65,7 @@ def test_bad_records_go_to_failures_with_reason(store_url: str, tmp_path: Path) 
         ],
     )
     totals = ingest_paths(store_url, [str(source)], **{"ingest.max_chars": 400})
-    assert totals == {"shards": 1, "skipped_shards": 0, "documents": 2, "failures": 9, "records": 11}
+    assert totals == {"shards": 1, "skipped_shards": 0, "documents": 2, "failures": 9, "records": 11, "unreadable": 0}
     store = Store(store_url)
     failures = store.read_table("failures").sort("item_id", nulls_last=True)
     reasons = dict(zip(failures["raw"].to_list(), failures["reason"].to_list(), strict=True))
@@ -144,7 +142,7 @@ def test_ingest_from_and_into_s3(s3_endpoint: str, sample_dir: Path) -> None:
     store = Store(settings.store)
     for source in expand_sources(["s3://synthllm-test/corpus/*.jsonl"], settings.store):
         assert source.uri.startswith("s3://")
-        ingest_file(store, source, settings_payload(settings), "s3-run")
+        ingest_file(store, settings, "s3-run", source)
     counts = store.query("SELECT count(*) AS n, count(DISTINCT source) AS sources FROM documents").row(0)
     assert counts == (233, 2)
     assert fs.glob("synthllm-test/stores/a/tables/documents/*.parquet")
@@ -175,3 +173,155 @@ def test_flow_and_status_cli(prefect_harness, store_url: str, sample_dir: Path, 
     assert report["runs"][0]["flow"] == "ingest" and report["runs"][0]["status"] == "finished"
     assert report["runs"][0]["summary"]["documents"] == 84
     assert Path(store_url, "catalog.duckdb").exists()
+    # a re-ingest: Prefect returns the cached task results; the run wrote nothing and says so
+    result = runner.invoke(app, ["ingest", str(sample_dir / "openstax-intermediate-algebra.jsonl"), str(bad),
+                                 "--store", store_url])
+    assert result.exit_code == 0, result.output
+    report = json.loads(runner.invoke(app, ["status", "--store", store_url, "--json"]).output)
+    summary = report["runs"][0]["summary"]
+    assert summary["documents"] == 0 and summary["cached_files"] == 2 and summary["files"] == 2
+    assert report["tables"]["documents"] == 84
+
+
+# --------------------------------------------------------------------------- reliability (issue 11)
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
+def place(request, tmp_path: Path):
+    """Where a test's store and source files live: a local folder, or a real S3 endpoint (moto)
+    for both. Returns (store settings, put(name, bytes) -> source URI)."""
+    if request.param == "local":
+        def put_local(name: str, data: bytes) -> str:
+            (tmp_path / name).write_bytes(data)
+            return str(tmp_path / name)
+
+        return StoreSettings(url=str(tmp_path / "store")), put_local
+    import uuid
+
+    import fsspec
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    prefix = f"synthllm-test/{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+
+    def put_s3(name: str, data: bytes) -> str:
+        fs.pipe_file(f"{prefix}/corpus/{name}", data)
+        return f"s3://{prefix}/corpus/{name}"
+
+    return StoreSettings(url=f"s3://{prefix}/store", s3_endpoint_url=endpoint), put_s3
+
+
+def ingest_into(store_settings: StoreSettings, sources: list[str], run_id: str = "test-run", **overrides):
+    settings = load_settings(overrides={"store": store_settings.model_dump(), **overrides})
+    store = Store(settings.store)
+    totals: dict[str, int] = {}
+    for source in expand_sources(sources, settings.store):
+        add_file_summary(totals, ingest_file(store, settings, run_id, source), run_id)
+    return store, totals
+
+
+def jsonl(*records: dict | str) -> bytes:
+    return b"".join((r if isinstance(r, str) else json.dumps(r)).encode() + b"\n" for r in records)
+
+
+def test_lone_surrogates_are_invalid_utf8_failures(place) -> None:
+    store_settings, put = place
+    source = put("surrogates.jsonl", jsonl(
+        {"id": "good-1", "text": "Solve x + 1 = 2."},
+        '{"id": "bad-text", "text": "half a pair \\ud800 here"}',
+        '{"id": "bad-\\udc00-id", "text": "a fine text"}',
+        '{"id": "bad-meta", "text": "another fine text", "title": "\\ud83d"}',
+        {"id": "good-2", "text": "Factor x^2 - 4."},
+    ))
+    store, totals = ingest_into(store_settings, [source])
+    assert totals["documents"] == 2 and totals["failures"] == 3
+    assert sorted(store.read_table("documents")["doc_id"].to_list()) == ["good-1", "good-2"]
+    failures = store.read_table("failures").sort("item_id")
+    assert failures["reason"].to_list() == ["invalid_utf8"] * 3
+    detail = dict(zip(failures["item_id"].to_list(), failures["detail"].to_list(), strict=True))
+    assert detail["bad-text"].startswith("field 'text'")
+    assert detail["bad-\\udc00-id"].startswith("field 'id'")
+    assert detail["bad-meta"].startswith("field 'title'")
+    assert all("\\ud" in raw for raw in failures["raw"].to_list())  # the record kept whole, as escaped
+
+
+def gzip_truncated(records: int) -> bytes:
+    whole = gzip.compress(jsonl(*[{"id": f"g{i}", "text": f"gzip record {i} " + "x" * 200} for i in range(records)]))
+    return whole[: len(whole) // 2]
+
+
+def test_corrupt_gzip_keeps_earlier_records_and_the_next_file(place) -> None:
+    store_settings, put = place
+    broken = put("a-broken.jsonl.gz", gzip_truncated(2000))
+    not_gzip = put("b-not-gzip.jsonl.gz", b"this was never gzip")
+    fine = put("c-fine.jsonl", jsonl({"id": "fine", "text": "After the broken files."}))
+    store, totals = ingest_into(store_settings, [broken, not_gzip, fine], **{"ingest.shard_size": 500})
+    failures = store.read_table("failures").filter(pl.col("reason") == "unreadable_source").sort("item_id")
+    assert failures["item_id"].to_list() == [broken, not_gzip]
+    assert "EOFError" in failures["detail"][0] and "BadGzipFile" in failures["detail"][1]
+    docs = store.read_table("documents")
+    kept = docs.filter(pl.col("source") == broken).height
+    assert 500 < kept < 2000  # what came before the break, across several shards
+    assert "fine" in docs["doc_id"].to_list()
+    assert totals["unreadable"] == 2 and totals["documents"] == kept + 1
+    recorded = store.read_table("failures").height
+    _, again = ingest_into(store_settings, [broken, not_gzip, fine], **{"ingest.shard_size": 500})
+    assert again["documents"] == 0 and again["skipped_shards"] == totals["shards"]
+    assert store.read_table("failures").height == recorded
+
+
+def test_damaged_and_truncated_parquet(place, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store_settings, put = place
+    table = pa.table({"id": [f"p{i}" for i in range(300)], "text": [f"parquet row {i}" for i in range(300)]})
+    pq.write_table(table, tmp_path / "whole.parquet", row_group_size=100, compression="zstd")
+    whole = (tmp_path / "whole.parquet").read_bytes()
+    column = pq.read_metadata(tmp_path / "whole.parquet").row_group(1).column(1)
+    damaged = bytearray(whole)
+    damaged[column.data_page_offset: column.data_page_offset + 40] = b"\xff" * 40  # row group 1's text pages
+    damaged_uri = put("damaged.parquet", bytes(damaged))
+    truncated_uri = put("truncated.parquet", whole[: len(whole) // 2])
+    store, totals = ingest_into(store_settings, [damaged_uri, truncated_uri])
+    docs = store.read_table("documents")
+    assert sorted(docs["line_no"].to_list()) == list(range(1, 101)) + list(range(201, 301))
+    failures = store.read_table("failures").sort("item_id")
+    assert failures.select("item_id", "reason").rows() == [
+        (damaged_uri, "unreadable_source"), (truncated_uri, "unreadable_source")]
+    assert "row group 1" in failures["detail"][0] and "footer" in failures["detail"][1]
+
+
+def test_unknown_format_and_connection_errors_are_the_only_retried(tmp_path: Path) -> None:
+    from prefect.states import Failed
+
+    from synthllm.ingest import TransientReadError
+    from tasks.common import retry_transient
+
+    def retried(exc: Exception) -> bool:
+        return retry_transient(None, None, Failed(data=exc))
+
+    assert not retried(IngestError("corpus.csv: unknown format"))
+    assert retried(TransientReadError("s3://b/x.jsonl: cannot read: ConnectionError: reset"))
+    assert retried(RuntimeError("anything else"))
+
+
+def test_transient_read_error_names_the_file(tmp_path: Path, monkeypatch) -> None:
+    from synthllm import ingest as ingest_module
+    from synthllm.ingest import SourceFile, TransientReadError, iter_records
+
+    source = tmp_path / "x.jsonl"
+    source.write_bytes(jsonl({"id": "a", "text": "b"}))
+
+    def flaky(*args, **kwargs):
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(ingest_module, "_parse_lines", flaky)
+    with pytest.raises(TransientReadError, match=f"{source}.*ConnectionResetError"):
+        list(iter_records(SourceFile(str(source), "1"), StoreSettings()))
+
+
+def test_summary_counts_only_what_this_run_wrote() -> None:
+    totals: dict[str, int] = {}
+    written = {"shards": 2, "skipped_shards": 0, "documents": 7, "failures": 1, "records": 8, "unreadable": 0}
+    add_file_summary(totals, {**written, "run_id": "now"}, "now")
+    add_file_summary(totals, {**written, "run_id": "earlier"}, "now")  # a cached task result
+    assert totals["documents"] == 7 and totals["cached_files"] == 1 and totals["shards"] == 2

@@ -12,12 +12,11 @@ import pytest
 from flows.synthesize import synthesize_flow
 from scripted_llm import PipelineResponder
 from synthllm.engines.scripted import ScriptedEngine
-from synthllm.pipeline import install_engine
+from synthllm.engine_pool import install_engine
 from synthllm.settings import load_settings
 from synthllm.store import Store
-from tasks.ingest import ingest_file
+from synthllm.ingest import ingest_file
 from synthllm.ingest import expand_sources
-from synthllm.settings import settings_payload
 
 OVERRIDES = {
     "filter.enabled": False,
@@ -32,7 +31,7 @@ OVERRIDES = {
 def ingest_sample(store_url: str, sample_dir: Path) -> None:
     settings = load_settings(store=store_url)
     for source in expand_sources([str(sample_dir / "openstax-algebra.jsonl")], settings.store):
-        ingest_file(Store(settings.store), source, settings_payload(settings), "ingest")
+        ingest_file(Store(settings.store), settings, "ingest", source)
 
 
 def scripted(store_url: str, responder=None, overrides=None) -> ScriptedEngine:
@@ -75,7 +74,7 @@ def test_three_levels_answers_and_provenance(prefect_harness, sample_store: str)
     assert answers["final_answer"].null_count() == 0 and (answers["confidence"] == 1.0).all()
     assert store.read_table("concepts").height > 0 and store.read_table("concept_edges").height > 0
     stages = {s["stage"]: s for s in summary["stages"]}
-    assert set(stages) == {"concepts", "level1", "level2", "level3", "answer"}
+    assert set(stages) == {"concepts", "level1", "level2", "level3", "question_gate", "answer"}
     assert stages["concepts"]["items"] == 10
     usage = store.read_table("llm_usage")
     assert usage["calls"].sum() == engine.calls
@@ -149,7 +148,7 @@ def test_dead_engine_leaves_shard_unwritten(prefect_harness, sample_store: str) 
 
 def test_retry_failures_replans_only_failed_items(prefect_harness, sample_store: str) -> None:
     overrides = {**OVERRIDES, "generation.levels": [1], "generation.max_documents": 4}
-    from synthllm.pipeline import select_documents
+    from synthllm.plans import select_documents
 
     store = Store(sample_store)
     first = select_documents(store, load_settings(overrides=overrides, store=sample_store))[0]

@@ -339,10 +339,9 @@ def test_flow_publishes_png_json_and_artifacts(prefect_harness, points_csv, stor
 
     from flows.scaling import scaling_fit_flow
 
-    result = scaling_fit_flow(
-        source=str(points_csv), store=store_url, series_col="model", tokens_col="examples", metric_col="error_pct",
-        tokens_per_unit=600, n_bootstrap=20, plateau_gain=0.5, report_name="paper",
-    )
+    options = {"series_col": "model", "tokens_col": "examples", "metric_col": "error_pct", "tokens_per_unit": 600,
+               "n_bootstrap": 20, "plateau_gain": 0.5}  # a dict, as a deployment passes it
+    result = scaling_fit_flow(source=str(points_csv), store=store_url, options=options, report_name="paper")
     store = Store(store_url)
     assert result["report"] == store.path("reports/scaling/paper/report.json")
     report = json.loads(store.read_bytes(result["report"]))
@@ -357,3 +356,23 @@ def test_flow_publishes_png_json_and_artifacts(prefect_harness, points_csv, stor
     assert "rectified-model" in str(fits.data)
     runs = store.read_table("runs")
     assert set(runs["event"].to_list()) == {"started", "finished"}
+
+
+def test_scaling_options_are_declared_once_in_the_settings():
+    """Every ScalingSettings field reaches the CLI and the flow, with the settings' help text."""
+    from typer.main import get_command
+
+    from flows.scaling import scaling_fit_flow
+    from synthllm.commands.scaling import app
+    from synthllm.scaling import POINT_OPTIONS
+    from synthllm.settings import ScalingSettings
+
+    fields = ScalingSettings.model_fields
+    commands = get_command(app).commands
+    fit_help = {p.name: p.help for p in commands["fit"].params}
+    assert {name: fit_help.get(name) for name in fields} == {name: f.description for name, f in fields.items()}
+    assert all(f.description for f in fields.values())
+    assert {p.name for p in commands["add"].params} & set(fields) == set(POINT_OPTIONS)
+    flow_schema = scaling_fit_flow.parameters
+    assert set(flow_schema.definitions["ScalingOptions"]["properties"]) == set(fields)
+    assert not set(fields) & set(flow_schema.properties)  # no second, flat declaration

@@ -32,9 +32,12 @@ def _show(title: str, result: Any) -> None:
 
 
 def _curate(store: str | None, config: str | None, steps: list[str], **params: Any) -> None:
+    from synthllm.cli import _check_settings, run_flow
+
+    _check_settings(config, store)
     from flows.curate import curate_flow
 
-    _show("curate", curate_flow(store=store, config=config, steps=steps, **params))
+    _show("curate", run_flow(lambda: curate_flow(store=store, config=config, steps=steps, **params)))
 
 
 @app.command()
@@ -72,11 +75,20 @@ def export(
     file_format: Annotated[
         list[str] | None, typer.Option("--format", help="parquet and/or jsonl (repeat). Default: both.")
     ] = None,
+    out: Annotated[str | None, typer.Option(
+        "--out", help="Also copy the dataset to this folder or s3://bucket/prefix.")] = None,
     store: StoreOption = None,
     config: ConfigOption = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a setting: dotted.key=value (YAML value), repeatable.")] = None,
 ) -> None:
     """Write the curated QA set (plain and chat/SFT layouts) with a dataset card."""
+    from synthllm.cli import _check_settings, parse_overrides, run_flow
+
+    parsed = parse_overrides(overrides)
+    _check_settings(config, store, parsed)
     from flows.curate import export_flow
 
-    result = export_flow(store=store, config=config, name=name, formats=file_format)
-    _show("export", {k: result[k] for k in ("name", "rows", "per_level", "funnel", "files")})
+    result = run_flow(lambda: export_flow(store=store, config=config, name=name, formats=file_format, out=out,
+                                          overrides=parsed))
+    _show("export", {k: result[k] for k in ("name", "rows", "per_level", "funnel", "files", "copied") if k in result})

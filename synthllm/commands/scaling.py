@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,13 +16,15 @@ from rich.table import Table
 
 from synthllm.runs import new_run_id
 from synthllm.scaling import (
+    POINT_OPTIONS,
     ScalingInputError,
+    ScalingOptions,
     add_training_results,
     fit_all,
     gather_points,
     report_files,
 )
-from synthllm.settings import Settings, load_settings
+from synthllm.settings import Settings, SettingsError, describe_errors, load_settings
 from synthllm.store import Store
 
 app = typer.Typer(help="Fit L(D) = B/(D_l + D^beta) + E and B/D^beta + E to measured points.", no_args_is_help=True)
@@ -27,24 +32,47 @@ console = Console()
 
 StoreOption = Annotated[str | None, typer.Option("--store", help="Store URL: a folder or s3://bucket/prefix.")]
 ConfigOption = Annotated[str | None, typer.Option("--config", help="YAML or TOML settings file.")]
-SeriesCol = Annotated[str | None, typer.Option(help="Column naming the series (one curve each).")]
 OneSeries = Annotated[
     str | None, typer.Option("--one-series", help="Treat all rows as one series with this name (no series column).")
 ]
-TokensCol = Annotated[str | None, typer.Option(help="Column with training tokens D.")]
-MetricCol = Annotated[str | None, typer.Option(help="Column with the metric L.")]
-MetricKindOption = Annotated[
-    str | None, typer.Option(help="error | accuracy | loss. Accuracy is turned into error; >1 means percent.")
-]
-TokensPerUnit = Annotated[
-    float | None, typer.Option(help="Multiply the tokens column by this (e.g. 600 when it counts examples).")
-]
+# CLI spellings that differ from the setting's name (repeatable --budget fills budgets).
+FLAGS = {"budgets": "--budget", "n_bootstrap": "--bootstrap"}
 
 
-def _settings(config: str | None, store: str | None, **scaling: Any) -> Settings:
+def with_scaling_options(names: Sequence[str]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """One CLI option per named :class:`ScalingOptions` field, typed and explained by the
+    settings; the command receives them as one ``options`` argument."""
+    fields = ScalingOptions.model_fields
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+                fields[name].annotation,
+                typer.Option(FLAGS.get(name, "--" + name.replace("_", "-")), help=fields[name].description),
+            ])
+            for name in names
+        ]
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> None:
+            try:
+                options = ScalingOptions(**{name: kwargs.pop(name) for name in names})
+            except ValidationError as exc:
+                raise _fail(describe_errors(exc)) from exc
+            command(**kwargs, options=options)
+
+        run.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in own + added}
+        return run
+
+    return decorate
+
+
+def _settings(config: str | None, store: str | None, options: ScalingOptions) -> Settings:
     try:
-        return load_settings(config, {f"scaling.{key}": value for key, value in scaling.items()}, store)
-    except ValidationError as exc:
+        return load_settings(config, options.overrides(), store)
+    except SettingsError as exc:
         raise _fail(str(exc)) from exc
 
 
@@ -54,23 +82,18 @@ def _fail(message: str) -> typer.Exit:
 
 
 @app.command()
+@with_scaling_options(POINT_OPTIONS)
 def add(
     source: Annotated[str, typer.Argument(help="CSV, JSON (records), JSON lines or Parquet file of points.")],
     store: StoreOption = None,
     config: ConfigOption = None,
-    series_col: SeriesCol = None,
     one_series: OneSeries = None,
-    tokens_col: TokensCol = None,
-    metric_col: MetricCol = None,
-    metric_kind: MetricKindOption = None,
-    tokens_per_unit: TokensPerUnit = None,
     notes: Annotated[str | None, typer.Option(help="Free text stored with every row.")] = None,
+    *,
+    options: ScalingOptions,
 ) -> None:
     """Import measured points into the store's training_results table (re-adding a file is a no-op)."""
-    settings = _settings(
-        config, store, series_col=series_col, tokens_col=tokens_col, metric_col=metric_col,
-        metric_kind=metric_kind, tokens_per_unit=tokens_per_unit,
-    )
+    settings = _settings(config, store, options)
     try:
         series = gather_points(settings.scaling, source=source, one_series=one_series)
     except ScalingInputError as exc:
@@ -81,6 +104,7 @@ def add(
 
 
 @app.command()
+@with_scaling_options(tuple(ScalingOptions.model_fields))
 def fit(
     source: Annotated[
         str | None, typer.Argument(help="Points file; default: the store's training_results table.")
@@ -88,36 +112,16 @@ def fit(
     store: StoreOption = None,
     config: ConfigOption = None,
     series: Annotated[list[str] | None, typer.Option("--series", help="Fit only this series (repeatable).")] = None,
-    series_col: SeriesCol = None,
     one_series: OneSeries = None,
-    tokens_col: TokensCol = None,
-    metric_col: MetricCol = None,
-    metric_kind: MetricKindOption = None,
-    tokens_per_unit: TokensPerUnit = None,
-    holdout: Annotated[int | None, typer.Option(help="Largest token counts held out to validate (0: none).")] = None,
-    budget: Annotated[
-        list[float] | None, typer.Option("--budget", help="Token budget to predict at (repeatable).")
-    ] = None,
-    plateau_gain: Annotated[
-        float | None, typer.Option(help="Report the tokens where a doubling gains less than this (metric units).")
-    ] = None,
-    within: Annotated[
-        float | None, typer.Option(help="Report the tokens to get within this of the asymptote E (metric units).")
-    ] = None,
-    bootstrap: Annotated[int | None, typer.Option(help="Bootstrap refits for the intervals (0: none).")] = None,
-    confidence: Annotated[float | None, typer.Option(help="Interval confidence level.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Bootstrap seed.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for report.json, report.md and one PNG per series.")] = Path(
         "scaling-report"
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of tables.")] = False,
+    *,
+    options: ScalingOptions,
 ) -> None:
     """Fit both laws per series, validate on held-out points, extrapolate; write JSON, Markdown and PNGs."""
-    settings = _settings(
-        config, store, series_col=series_col, tokens_col=tokens_col, metric_col=metric_col,
-        metric_kind=metric_kind, tokens_per_unit=tokens_per_unit, holdout=holdout, budgets=budget or None,
-        plateau_gain=plateau_gain, within=within, n_bootstrap=bootstrap, confidence=confidence, seed=seed,
-    )
+    settings = _settings(config, store, options)
     try:
         points = gather_points(
             settings.scaling, source=source, store=Store(settings.store), series=series or None, one_series=one_series

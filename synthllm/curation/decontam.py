@@ -10,10 +10,15 @@ Two checks per question, on normalised words (see :mod:`synthllm.curation.text`)
   sequence appearing contiguously in the question (an n-gram with n = the item's length).
   Short MATH items ("Compute $\\dbinom{8}{4}$.") are so specific that containing one is copying it.
 
-Benchmarks: ``builtin:gsm8k``, ``builtin:math``, ``builtin:math500``, ``builtin:svamp`` (shipped in
-``synthllm/data/benchmarks``) or any JSONL / JSON / Parquet file, local or ``s3://``, as
-``path[:field]`` (``field`` may join several fields with ``+``; by default ``question``, else
-``problem``). Every dropped row names the item it matched as ``<benchmark>:<index>``.
+Benchmarks: ``builtin:<name>`` for the sets shipped in ``synthllm/data/benchmarks`` (their README
+gives each file's licence; the paper's six are the default where their licences let them ship) or
+any JSONL / JSON / Parquet file, local or ``s3://``, as ``path[:field]`` (``field`` may join several
+fields with ``+``; by default the first known layout the file's fields fit: ``question``,
+``problem``, ``Body+Question``). Every dropped row names the item it matched as
+``<benchmark>:<index>``.
+
+The index holds 64-bit hashes only, and questions are checked a batch at a time, so memory stays
+flat whatever the number of questions (bench/decontam.py: all six sets, ~100 MB).
 """
 
 from __future__ import annotations
@@ -32,17 +37,27 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from synthllm.curation.text import WordBatch, normalized_texts
+from synthllm.curation.text import WordBatch
 from synthllm.settings import StoreSettings
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 BUILTIN_BENCHMARKS: dict[str, tuple[str, str]] = {
     "gsm8k": ("gsm8k-test.jsonl", "question"),
     "math": ("math-test.jsonl", "problem"),
+    "olympiadbench": ("olympiadbench-test.jsonl", "question"),
+    "college_math": ("college_math-ccby-test.jsonl", "question"),
+    "gaokao2023en": ("gaokao2023en-test.jsonl", "question"),
     "math500": ("math500-test.jsonl", "problem"),
     "svamp": ("svamp.json", "Body+Question"),
 }
-DEFAULT_FIELDS = ("question", "problem")
+# Text fields of the known benchmark layouts, tried in order on a file given without :field:
+# GSM8K, OlympiadBench, CollegeMath, Gaokao2023-En | MATH, MATH-500, Minerva Math | SVAMP.
+KNOWN_LAYOUTS = ("question", "problem", "Body+Question")
+# Questions checked per batch: bounds memory (~60 tokens x 13 window sizes x 8 bytes per question).
+CHECK_BATCH = 4096
+# Membership prefilter: one byte per slot of a 2^22 table (4 MB), indexed by the top hash bits
+# (~6% of the positions tested pass it with the six benchmarks and go on to the binary search).
+_PREFILTER_BITS = 22
 _FIELD_SUFFIX = re.compile(r"^[\w.+-]+$")
 _EXTENSIONS = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz", ".parquet")
 
@@ -128,10 +143,10 @@ def load_benchmark(spec: str, store: StoreSettings | None = None) -> Benchmark:
     if not records:
         raise BenchmarkError(f"benchmark {spec!r} has no items")
     if field is None:
-        field = next((f for f in DEFAULT_FIELDS if f in records[0]), None)
+        field = next((f for f in KNOWN_LAYOUTS if all(part in records[0] for part in f.split("+"))), None)
         if field is None:
             raise BenchmarkError(
-                f"benchmark {spec!r}: no {' or '.join(DEFAULT_FIELDS)} field (fields: {', '.join(records[0])}); "
+                f"benchmark {spec!r}: no {' or '.join(KNOWN_LAYOUTS)} field (fields: {', '.join(records[0])}); "
                 "name one as path:field"
             )
     fields = field.split("+")
@@ -140,7 +155,7 @@ def load_benchmark(spec: str, store: StoreSettings | None = None) -> Benchmark:
 
 
 class ContaminationIndex:
-    """Normalised texts and n-gram hashes of every item of some benchmarks."""
+    """64-bit hashes of every benchmark item's normalised token sequence and token n-grams."""
 
     def __init__(self, benchmarks: Sequence[Benchmark], ngram: int) -> None:
         names = [b.name for b in benchmarks]
@@ -149,107 +164,142 @@ class ContaminationIndex:
         self.ngram = ngram
         self.benchmarks = list(benchmarks)
         self.item_ids = [b.item_id(i) for b in benchmarks for i in range(len(b.texts))]
+        self._item_id_series = pl.Series(self.item_ids, dtype=pl.String)
+        self.item_benchmarks = np.repeat(np.arange(len(benchmarks)), [len(b.texts) for b in benchmarks])
         texts = [t for b in benchmarks for t in b.texts]
-        exact = pl.DataFrame({"normalized": normalized_texts(texts), "item": np.arange(len(texts))})
-        # the first item with a given text is the one reported
-        self._exact = exact.filter(pl.col("normalized") != "").unique("normalized", keep="first", maintain_order=True)
-        words = WordBatch.from_texts(texts)
-        hashes, items = words.ngram_hashes(ngram, short_texts=True)
+        lengths, text_hashes, hashes, items = [], [], [], []
+        for start in range(0, len(texts), CHECK_BATCH):  # a batch at a time: flat peak memory
+            words = WordBatch.from_texts(texts[start : start + CHECK_BATCH])
+            lengths.append(words.lengths)
+            text_hashes.append(words.text_hashes())
+            # n-grams, an item shorter than n as one window of all its tokens
+            batch_hashes, batch_items = words.ngram_hashes(ngram, short_texts=True, mix=False)
+            hashes.append(batch_hashes)
+            items.append(batch_items + start)
+        self._item_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        # exact: the first item with a given text is the one reported (stable sort keeps item order)
+        with_words = np.flatnonzero(self._item_lengths > 0)
+        all_text_hashes = np.concatenate(text_hashes)[with_words] if texts else np.zeros(0, np.uint64)
+        order = np.argsort(all_text_hashes, kind="stable")
+        self._text_hashes, self._text_items = all_text_hashes[order], with_words[order]
+        hashes = np.concatenate(hashes) if texts else np.zeros(0, np.uint64)
+        items = np.concatenate(items) if texts else np.zeros(0, np.int64)
         order = np.lexsort((items, hashes))
         self._hashes, self._items = hashes[order], items[order]
-        self._distinct_hashes = pl.Series(np.unique(self._hashes)).implode()
-        self._item_lengths = words.lengths
-        # word counts of short items: questions are searched for n-grams of these sizes too
-        self.short_lengths = sorted({int(n) for n in words.lengths if 0 < n < ngram})
+        self._prefilter = np.zeros(1 << _PREFILTER_BITS, dtype=bool)
+        self._prefilter[self._hashes >> np.uint64(64 - _PREFILTER_BITS)] = True
+        # token counts of short items: questions are searched for windows of these sizes too
+        self.short_lengths = sorted({int(n) for n in self._item_lengths if 0 < n < ngram})
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
-    def _contains(self, hashes: np.ndarray) -> np.ndarray:
-        """Membership in the index (a hash set in Polars: ~10x faster than a binary search)."""
-        return pl.Series(hashes).is_in(self._distinct_hashes).to_numpy()
+    def benchmark_of(self, item: int) -> str:
+        return self.benchmarks[self.item_benchmarks[item]].name
 
-    def exact_matches(self, questions: pl.Series) -> list[int | None]:
-        keyed = pl.DataFrame({"normalized": normalized_texts(questions)})
-        joined = keyed.join(self._exact, on="normalized", how="left", maintain_order="left")
-        return joined["item"].to_list()
+    def _lookup(self, sorted_hashes: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``hashes`` found in ``sorted_hashes`` and where each one's run starts."""
+        where = np.searchsorted(sorted_hashes, hashes)
+        found = np.flatnonzero(sorted_hashes[np.minimum(where, len(sorted_hashes) - 1)] == hashes)
+        return found, where[found]
 
-    def ngram_matches(self, questions: pl.Series) -> list[tuple[int, int] | None]:
-        """Per question, ``(item, shared n-grams)`` of the item it shares most n-grams with, or None."""
-        words = WordBatch.from_texts(questions)
-        found_hashes, found_questions = [], []
-        for hashes, owners in words.ngram_hashes_by_size([self.ngram, *self.short_lengths]).values():
-            hit = self._contains(hashes)
-            found_hashes.append(hashes[hit])
-            found_questions.append(owners[hit])
-        hashes = np.concatenate(found_hashes)
-        owners = np.concatenate(found_questions)
-        result: list[tuple[int, int] | None] = [None] * len(questions)
-        if len(hashes) == 0:
-            return result
-        pairs = np.unique(np.stack([owners, hashes.view(np.int64)], axis=1), axis=0)
-        overlap: dict[int, dict[int, int]] = {}
-        for question, gram in pairs:
-            gram_hash = np.int64(gram).view(np.uint64)
-            left = np.searchsorted(self._hashes, gram_hash, side="left")
-            right = np.searchsorted(self._hashes, gram_hash, side="right")
-            counts = overlap.setdefault(int(question), {})
-            for item in self._items[left:right]:
-                counts[int(item)] = counts.get(int(item), 0) + 1
-        for question, counts in overlap.items():
-            best = min(counts, key=lambda item: (-counts[item], item))
-            result[question] = (best, counts[best])
+    def exact_matches(self, words: WordBatch) -> np.ndarray:
+        """Per question the item with the same token sequence, or -1."""
+        result = np.full(len(words), -1, dtype=np.int64)
+        if len(self._text_hashes):
+            found, where = self._lookup(self._text_hashes, words.text_hashes())
+            with_words = words.lengths[found] > 0
+            result[found[with_words]] = self._text_items[where[with_words]]
         return result
 
-    def check(self, questions: pl.DataFrame) -> pl.DataFrame:
-        """``contamination_exact`` and ``contamination_ngram`` rows for every question."""
-        texts = questions["question"]
-        exact = self.exact_matches(texts)
-        ngram = self.ngram_matches(texts)
-        ids = questions["question_id"].to_list()
-        rows: list[dict] = []
-        for question_id, exact_item, ngram_match in zip(ids, exact, ngram, strict=True):
-            rows.append(
-                {
-                    "question_id": question_id,
-                    "check_name": "contamination_exact",
-                    "kept": exact_item is None,
-                    "matched_id": None if exact_item is None else self.item_ids[exact_item],
-                    "score": None if exact_item is None else 1.0,
-                    "detail": None,
-                }
-            )
-            matched_id, score, detail = None, None, None
-            if ngram_match is not None:
-                item, shared = ngram_match
-                matched_id, score = self.item_ids[item], float(shared)
-                length = int(self._item_lengths[item])
-                detail = (
-                    f"shares {shared} {self.ngram}-gram(s)"
-                    if length >= self.ngram
-                    else f"contains the whole {length}-word item"
-                )
-            rows.append(
-                {
-                    "question_id": question_id,
-                    "check_name": "contamination_ngram",
-                    "kept": ngram_match is None,
-                    "matched_id": matched_id,
-                    "score": score,
-                    "detail": detail,
-                }
-            )
-        return pl.DataFrame(
-            rows,
-            schema={
-                "question_id": pl.String,
-                "check_name": pl.String,
-                "kept": pl.Boolean,
-                "matched_id": pl.String,
-                "score": pl.Float64,
-                "detail": pl.String,
-            },
+    def ngram_matches(self, words: WordBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Per question the item it shares most n-grams with (ties: the first item) and how many
+        distinct ones; -1 and 0 for a clean question."""
+        best = np.full(len(words), -1, dtype=np.int64)
+        shared = np.zeros(len(words), dtype=np.int64)
+        if not len(self._hashes):
+            return best, shared
+        found_hashes, found_positions = [], []
+        sizes = {self.ngram, *self.short_lengths}
+        for size, combined, tokens_left in words.windows(self.ngram):
+            if size not in sizes:
+                continue
+            # prefilter every position (windows running past their text too), then keep real ones
+            maybe = np.flatnonzero(self._prefilter[combined >> np.uint64(64 - _PREFILTER_BITS)])
+            maybe = maybe[tokens_left[maybe] >= size]
+            hit, _ = self._lookup(self._hashes, combined[maybe])
+            found_hashes.append(combined[maybe[hit]])
+            found_positions.append(maybe[hit])
+        hashes = np.concatenate(found_hashes)
+        owners = words.owners()[np.concatenate(found_positions)]
+        if not len(hashes):
+            return best, shared
+        pairs = pl.DataFrame({"question": owners, "gram": hashes}).unique()
+        left = np.searchsorted(self._hashes, pairs["gram"].to_numpy(), side="left")
+        right = np.searchsorted(self._hashes, pairs["gram"].to_numpy(), side="right")
+        runs = right - left
+        # every (question, item) pair an n-gram links, then the item with the most shared n-grams
+        item_positions = np.repeat(left - np.cumsum(np.r_[0, runs[:-1]]), runs) + np.arange(runs.sum())
+        links = pl.DataFrame(
+            {"question": np.repeat(pairs["question"].to_numpy(), runs), "item": self._items[item_positions]}
         )
+        counted = links.group_by("question", "item").len("shared").sort(
+            ["question", "shared", "item"], descending=[False, True, False]
+        ).unique("question", keep="first")
+        questions = counted["question"].to_numpy()
+        best[questions] = counted["item"].to_numpy()
+        shared[questions] = counted["shared"].to_numpy()
+        return best, shared
+
+    def _detail(self, item: int, shared: int) -> str:
+        length = int(self._item_lengths[item])
+        return f"shares {shared} {self.ngram}-gram(s)" if length >= self.ngram else f"contains the whole {length}-word item"
+
+    def check(self, questions: pl.DataFrame, batch_size: int = CHECK_BATCH) -> pl.DataFrame:
+        """``contamination_exact`` and ``contamination_ngram`` rows for every question."""
+        frames = [self._check_batch(questions.slice(start, batch_size)) for start in range(0, questions.height, batch_size)]
+        return pl.concat(frames) if frames else pl.DataFrame(schema=_ROW_SCHEMA)
+
+    def _rows(
+        self, question_ids: pl.Series, check: str, items: np.ndarray, scores: np.ndarray, details: list[str | None]
+    ) -> pl.DataFrame:
+        """Rows of one check; ``items``: the matched item per question, -1 for a clean one."""
+        matched = pl.Series(items >= 0)
+        no_text, no_score = pl.Series([None], dtype=pl.String), pl.Series([None], dtype=pl.Float64)
+        return pl.DataFrame(
+            {
+                "question_id": question_ids,
+                "check_name": pl.repeat(check, len(items), eager=True, dtype=pl.String),
+                "kept": items < 0,
+                "matched_id": self._item_id_series.gather(items.clip(0)).zip_with(matched, no_text),
+                "score": pl.Series(scores, dtype=pl.Float64).zip_with(matched, no_score),
+                "detail": pl.Series(details, dtype=pl.String),
+            },
+            schema=_ROW_SCHEMA,
+        )
+
+    def _check_batch(self, questions: pl.DataFrame) -> pl.DataFrame:
+        words = WordBatch.from_texts(questions["question"])
+        exact = self.exact_matches(words)
+        best, shared = self.ngram_matches(words)
+        details = [self._detail(int(i), int(n)) if i >= 0 else None for i, n in zip(best, shared, strict=True)]
+        ids = questions["question_id"]
+        return pl.concat(
+            [
+                self._rows(ids, "contamination_exact", exact, np.ones(len(exact)), [None] * len(exact)),
+                self._rows(ids, "contamination_ngram", best, shared.astype(float), details),
+            ]
+        )
+
+
+_ROW_SCHEMA = {
+    "question_id": pl.String,
+    "check_name": pl.String,
+    "kept": pl.Boolean,
+    "matched_id": pl.String,
+    "score": pl.Float64,
+    "detail": pl.String,
+}
 
 
 @lru_cache(maxsize=4)

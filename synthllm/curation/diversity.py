@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from synthllm.concepts import normalise_concept
+from synthllm.progress import png_data_uri
 from synthllm.store import stable_hash
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
@@ -43,10 +44,13 @@ def minilm_embedder(batch_size: int = 256, device: str = "cpu") -> Embedder:
 
 
 def group_keys(questions: pl.DataFrame) -> pl.Series:
-    """The source a question shares with its siblings: ``doc:<first doc id>`` (levels 1-2) or
-    ``combo:<combo_id>`` (level 3); null when there is none."""
+    """The source a question shares with its siblings, as its question stage declares it:
+    ``doc:<first doc id>`` or ``combo:<combo_id>``; null when there is none."""
+    from synthllm.stages.registry import question_levels
+
+    by_combo = [level for level, stage in question_levels().items() if stage.group_by == "combo"]
     return questions.select(
-        pl.when(pl.col("level") == 3)
+        pl.when(pl.col("level").is_in(by_combo))
         .then(pl.format("combo:{}", pl.col("combo_id")))
         .otherwise(pl.format("doc:{}", pl.col("doc_ids").list.first()))
         .alias("group")
@@ -249,6 +253,15 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+HISTOGRAMS_FILE = "histograms.png"
+
+
+def inline_histograms(markdown: str, png: bytes) -> str:
+    """The report with its plot inlined as a data: URI, for viewers that cannot open the store
+    (a relative image path is a broken image in the Prefect UI)."""
+    return markdown.replace(f"]({HISTOGRAMS_FILE})", f"]({png_data_uri(png)})")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     rows = summary_rows(report)
     lines = [
@@ -269,5 +282,5 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report["max_groups_per_level"] is not None:
         lines.append(f"At most {report['max_groups_per_level']:,} groups per level measured (chosen by a stable hash).")
-    lines += ["", "![similarity histograms](histograms.png)", ""]
+    lines += ["", f"![similarity histograms]({HISTOGRAMS_FILE})", ""]
     return "\n".join(lines)

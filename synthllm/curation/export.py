@@ -58,20 +58,65 @@ def sft_records(dataset: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def curation_funnel(store: Store, min_agreement: float, require_decontamination: bool) -> dict[str, int]:
-    """Where the generated questions went: each question counted once, at its first exit."""
-    status = store.query(read_sql("curation_status.sql"), tables=["questions", "curation", "answers"])
-    not_curated = ~pl.col("checked") | (pl.lit(require_decontamination) & ~pl.col("decontaminated"))
-    dropped = pl.col("dropped_by").list.len() > 0
-    low_agreement = pl.col("confidence").is_not_null() & (pl.col("confidence") < min_agreement)
-    counts = status.select(
-        pl.len().alias("questions"),
-        not_curated.sum().alias("not_curated"),
-        (~not_curated & dropped).sum().alias("dropped_by_curation"),
-        (~not_curated & ~dropped & ~pl.col("has_answer")).sum().alias("without_answer"),
-        (~not_curated & ~dropped & pl.col("has_answer") & low_agreement).sum().alias("below_min_agreement"),
-    ).row(0, named=True)
-    return {k: int(v) for k, v in counts.items()}
+# The funnel's steps in the order a question meets them (sql/curation_status.sql); each question
+# is counted once, at the first step it does not pass.
+FUNNEL_STEPS = {
+    "question_gate": "question gate",
+    "llm_judge": "LLM judge",
+    "not_curated": "not yet curated (run `synthllm curate`)",
+    "exact_dup": "exact duplicate",
+    "near_dup": "near duplicate",
+    "contamination": "benchmark contamination",
+    "other_check": "other curation check",
+    "no_answer": "no answer",
+    "unverified_answer": "unverified answer",
+    "low_agreement": "answer agreement below min_agreement",
+    "exported": "exported",
+}
+
+
+def funnel_rows(store: Store, min_agreement: float, require_decontamination: bool) -> pl.DataFrame:
+    """Questions per (step, reason, level): where each generated question left the funnel."""
+    status = store.query(
+        read_sql("curation_status.sql"), [require_decontamination, min_agreement],
+        tables=["questions", "curation", "answers"],
+    )
+    return status.group_by("step", "reason", "level").len("questions")
+
+
+def curation_funnel(rows: pl.DataFrame) -> dict[str, int]:
+    """Totals per step (``questions``: all generated), for run summaries."""
+    totals = dict(rows.group_by("step").agg(pl.col("questions").sum()).iter_rows())
+    return {"questions": int(rows["questions"].sum()), **{step: int(totals.get(step, 0)) for step in FUNNEL_STEPS}}
+
+
+def funnel_table(rows: pl.DataFrame) -> list[str]:
+    """Markdown: one row per step and reason, one column per level, then the total."""
+    levels = sorted(rows["level"].unique().to_list()) if rows.height else []
+    def counts(frame: pl.DataFrame) -> list[int]:
+        per_level = dict(frame.group_by("level").agg(pl.col("questions").sum()).iter_rows())
+        return [int(per_level.get(level, 0)) for level in levels] + [int(frame["questions"].sum())]
+
+    table = [("generated", "", *counts(rows))]
+    for step, label in FUNNEL_STEPS.items():
+        of_step = rows.filter(pl.col("step") == step)
+        if of_step.is_empty() and step not in ("exported",):
+            continue
+        reasons = sorted(r for r in of_step["reason"].unique().to_list() if r is not None)
+        if not reasons:
+            table.append((label, "", *counts(of_step)))
+        for reason in reasons:
+            table.append((label, reason, *counts(of_step.filter(pl.col("reason") == reason))))
+    return _table(["step", "reason", *(f"level {level}" for level in levels), "total"], table)
+
+
+def contamination_by_benchmark(store: Store, benchmarks: Sequence[str]) -> dict[str, int]:
+    """Questions the benchmark checks dropped, per benchmark: every configured one, 0 included."""
+    from synthllm.curation.decontam import parse_benchmark_spec
+
+    counts = dict(store.query(read_sql("curation_contamination.sql"), tables=["curation"]).iter_rows())
+    names = [parse_benchmark_spec(spec)[0] for spec in benchmarks]
+    return {**dict.fromkeys(names, 0), **{name: int(n) for name, n in counts.items()}}
 
 
 def check_counts(store: Store) -> list[dict[str, Any]]:
@@ -105,10 +150,10 @@ def dataset_card(
     name: str,
     dataset: pl.DataFrame,
     formats: Sequence[str],
-    funnel: dict[str, int],
+    funnel: pl.DataFrame,
     checks: list[dict[str, Any]],
     curation_run: dict[str, Any],
-    min_agreement: float,
+    contamination: dict[str, int],
 ) -> str:
     """README.md with Hugging Face front matter (one config per layout) and the dataset's facts."""
     main_format = formats[0]
@@ -151,19 +196,10 @@ def dataset_card(
         "",
         "## Filters applied",
         "",
-        "Each generated question is counted once, at the first filter it failed.",
+        "Each generated question is counted once, at the first step it did not pass (question gate",
+        "reason codes, the benchmark it copies, why its answer was not verified).",
         "",
-        *_table(
-            ["step", "questions"],
-            [
-                ("generated", funnel["questions"]),
-                ("not yet curated (run `synthllm curate`)", funnel["not_curated"]),
-                ("dropped by curation checks", funnel["dropped_by_curation"]),
-                ("no answer", funnel["without_answer"]),
-                (f"answer agreement below {min_agreement}", funnel["below_min_agreement"]),
-                ("exported", dataset.height),
-            ],
-        ),
+        *funnel_table(funnel),
         "",
         "Curation checks (a question can fail several):",
         "",
@@ -175,18 +211,15 @@ def dataset_card(
         "## Contamination checks",
         "",
         f"Benchmarks: {', '.join(f'`{b}`' for b in settings.get('benchmarks', [])) or 'none'}; "
-        f"normalised exact match and {settings.get('ngram', '?')}-word n-gram overlap "
-        "(items shorter than n words: the whole item contained in the question).",
+        f"normalised exact match and {settings.get('ngram', '?')}-token n-gram overlap "
+        "(items shorter than n tokens: the whole item contained in the question).",
         "",
-        *_table(
-            ["check", "benchmark", "questions dropped"],
-            [(c["check_name"], c["benchmark"], c["dropped"]) for c in checks if c["benchmark"] is not None]
-            or [("–", "–", 0)],
-        ),
+        *_table(["benchmark", "questions dropped"], list(contamination.items()) or [("–", 0)]),
         "",
         f"Near-duplicates: MinHash ({settings.get('minhash_num_perm', '?')} permutations, "
         f"{settings.get('minhash_shingle', '?')}-word shingles), Jaccard >= {settings.get('minhash_threshold', '?')}; "
-        "the first question in (level, created_at, question_id) order is kept.",
+        "the first question in (level, hash of the normalised text, question_id) order is kept, "
+        "so the choice depends on the questions only.",
         "",
         f"Curation run: `{curation_run.get('run_id', 'unknown')}`.",
         "",
@@ -195,7 +228,8 @@ def dataset_card(
         "plain: " + ", ".join(f"`{c}`" for c in dataset.columns) + ".",
         "sft: `question_id`, `level`, `messages` (`[{role: user, content: question}, {role: assistant, content: answer}]`).",
         "",
-        "Answers are model-generated and not verified; `confidence` is the self-consistency agreement.",
+        "Answers are model-generated; only answers with a final answer that passed verification are exported;",
+        "`confidence` is the self-consistency agreement, `votes` the samples that agreed.",
         "The licence of the source corpus applies to text drawn from it.",
         "",
     ]
@@ -221,14 +255,17 @@ def export_dataset(store: Store, settings: Settings, name: str, formats: Sequenc
     curation_run = json.loads(store.read_bytes(store.path(CURATION_SUMMARY))) if store.exists(store.path(CURATION_SUMMARY)) else {}
     if not curation_run:
         curation_run = {"settings": settings.curation.model_dump(mode="json")}
-    funnel = curation_funnel(store, min_agreement, require_decontamination)
-    card = dataset_card(name, dataset, formats, funnel, check_counts(store), curation_run, min_agreement)
+    funnel = funnel_rows(store, min_agreement, require_decontamination)
+    contamination = contamination_by_benchmark(store, curation_run["settings"].get("benchmarks", []))
+    card = dataset_card(name, dataset, formats, funnel, check_counts(store), curation_run, contamination)
     card_path = store.path("exports", name, "README.md")
     store.write_text(card_path, card)
     return {
         "name": name,
         "rows": dataset.height,
         "per_level": {str(level): n for level, n in _counts(dataset, "level")},
-        "funnel": funnel,
+        "funnel": curation_funnel(funnel),
+        "funnel_by_level": funnel.sort("step", "reason", "level").to_dicts(),
+        "contamination_by_benchmark": contamination,
         "files": [*written, card_path],
     }

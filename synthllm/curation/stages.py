@@ -2,7 +2,8 @@
 
 Curation is recomputed on every run and its shards replaced, so a rerun is idempotent and new
 questions or changed settings are always reflected: ``dedup-all`` (one shard: duplicates must be
-looked for across everything), ``decontam-<question shard>`` (one per question shard).
+looked for across everything), ``decontam-<question shard>`` (one per question shard;
+:func:`decontaminate_shards` checks any number of them with one benchmark index).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import polars as pl
 from synthllm.curation.decontam import contamination_index
 from synthllm.curation.dedup import dedup
 from synthllm.curation.diversity import Embedder, build_report, minilm_embedder, render_histograms, render_markdown
-from synthllm.curation.export import CURATION_SUMMARY
+from synthllm.curation.export import CURATION_SUMMARY, contamination_by_benchmark
 from synthllm.resources import read_sql
 from synthllm.runs import utcnow
 from synthllm.settings import Settings
@@ -42,7 +43,7 @@ def _remove_shard(store: Store, shard_id: str) -> None:
 
 def run_dedup(store: Store, settings: Settings, run_id: str) -> dict[str, int]:
     """Exact and near-duplicates over every question of every level and run."""
-    questions = store.query(read_sql("curation_dedup_input.sql"), tables=["questions"])
+    questions = store.query(read_sql("curation_dedup_input.sql"), tables=["questions", "curation"])
     if questions.is_empty():
         _remove_shard(store, DEDUP_SHARD)
         return {"questions": 0, "exact_dup": 0, "near_dup": 0}
@@ -55,26 +56,59 @@ def question_shards(store: Store) -> list[str]:
     return sorted(store.shard_ids("questions"))
 
 
-def run_decontamination(store: Store, settings: Settings, question_shard: str, run_id: str) -> dict[str, int]:
-    """Benchmark checks for one question shard (``decontam-<question shard>``)."""
+def decontaminate_shards(store: Store, settings: Settings, run_id: str, shards: Sequence[str]) -> dict[str, Any]:
+    """Benchmark checks for many question shards (``decontam-<question shard>`` each), with the
+    benchmark index built once per process and reused for every shard.
+
+    Returns totals over the shards and ``per_benchmark``: questions dropped per benchmark name
+    (every configured benchmark listed, 0 included), a question counted once.
+    """
     curation = settings.curation
-    shard_id = f"{DECONTAM_PREFIX}{question_shard}"
+    totals: dict[str, Any] = {"shards": len(shards), "questions": 0, "contamination_exact": 0, "contamination_ngram": 0}
     if not curation.benchmarks:
-        _remove_shard(store, shard_id)
-        return {"questions": 0, "contamination_exact": 0, "contamination_ngram": 0}
+        for shard in shards:
+            _remove_shard(store, f"{DECONTAM_PREFIX}{shard}")
+        return {**totals, "per_benchmark": {}}
     index = contamination_index(curation.benchmarks, curation.ngram, settings.store)
-    questions = (
-        store.read_table("questions", [question_shard])
-        .select("question_id", "question")
-        .unique("question_id", keep="first", maintain_order=True)
-    )
-    rows = index.check(questions)
-    store.write_shard("curation", shard_id, _with_provenance(rows, shard_id, run_id))
-    return {
-        "questions": questions.height,
-        "contamination_exact": _dropped(rows, "contamination_exact"),
-        "contamination_ngram": _dropped(rows, "contamination_ngram"),
-    }
+    per_benchmark = dict.fromkeys((b.name for b in index.benchmarks), 0)
+    for question_shard in shards:
+        shard_id = f"{DECONTAM_PREFIX}{question_shard}"
+        questions = (
+            store.read_table("questions", [question_shard])
+            .select("question_id", "question")
+            .unique("question_id", keep="first", maintain_order=True)
+        )
+        rows = index.check(questions)
+        store.write_shard("curation", shard_id, _with_provenance(rows, shard_id, run_id))
+        totals["questions"] += questions.height
+        for check in ("contamination_exact", "contamination_ngram"):
+            totals[check] += _dropped(rows, check)
+        for name, count in _contaminated_by_benchmark(rows).items():
+            per_benchmark[name] += count
+    return {**totals, "per_benchmark": per_benchmark}
+
+
+def _contaminated_by_benchmark(rows: pl.DataFrame) -> dict[str, int]:
+    """Questions dropped per benchmark (the exact match's benchmark first, else the n-gram's)."""
+    dropped = rows.filter(~pl.col("kept")).sort("check_name").unique("question_id", keep="first")
+    counted = dropped.group_by(pl.col("matched_id").str.split(":").list.first().alias("benchmark")).len()
+    return dict(counted.iter_rows())
+
+
+def run_decontamination(store: Store, settings: Settings, question_shard: str, run_id: str) -> dict[str, int]:
+    """Benchmark checks for one question shard: counts only, so per-shard results add up key by
+    key (the per-benchmark report comes from the curation table, see :func:`write_curation_summary`)."""
+    result = decontaminate_shards(store, settings, run_id, [question_shard])
+    return {key: value for key, value in result.items() if key not in ("shards", "per_benchmark")}
+
+
+def add_decontamination_totals(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Sum two :func:`decontaminate_shards` results (chunks of shards run apart)."""
+    benchmarks = {**first.get("per_benchmark", {})}
+    for name, count in second.get("per_benchmark", {}).items():
+        benchmarks[name] = benchmarks.get(name, 0) + count
+    counts = {key: first.get(key, 0) + second.get(key, 0) for key in {*first, *second} - {"per_benchmark"}}
+    return {**counts, "per_benchmark": benchmarks}
 
 
 def remove_stale_decontamination(store: Store, settings: Settings) -> int:
@@ -89,13 +123,15 @@ def remove_stale_decontamination(store: Store, settings: Settings) -> int:
 
 
 def write_curation_summary(store: Store, settings: Settings, run_id: str, summary: dict[str, Any]) -> str:
-    """What the last curate run checked, with which settings: the dataset card quotes it."""
+    """What the last curate run checked, with which settings, and the per-benchmark report (from
+    the curation table, so it holds whichever way the shards were run): the dataset card quotes it."""
     path = store.path(CURATION_SUMMARY)
     payload = {
         "run_id": run_id,
         "finished_at": utcnow().isoformat(),
         "settings": settings.curation.model_dump(mode="json"),
         "summary": summary,
+        "contamination_by_benchmark": contamination_by_benchmark(store, settings.curation.benchmarks),
     }
     store.write_text(path, json.dumps(payload, indent=2, default=str))
     return path

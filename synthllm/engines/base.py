@@ -1,11 +1,19 @@
 """The one batch interface every generation stage uses; stages never see which backend runs.
 
 A backend turns a list of :class:`ChatRequest` into a list of :class:`ChatResult` of the same
-length and order. It never raises for one bad item: per-item trouble goes into ``error``.
+length and order. It never raises for one bad item: per-item trouble goes into ``error``. It
+raises for what no item can get past: :class:`EngineAuthError` (the server refuses the key) and
+:class:`RunStopped` (:func:`request_stop` was called).
+
+Results are handed over as they complete: ``generate(requests, on_result=callback)`` calls
+``callback(index, result)`` in the caller's thread for each one, so the client caches replies
+before the batch ends and a kill loses only what was not yet flushed.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,13 +71,59 @@ class ChatResult:
         return self.error is None and bool(self.completions)
 
 
+OnResult = Callable[[int, ChatResult], None]
+
+
 @runtime_checkable
 class Engine(Protocol):
-    """A backend: whole batches in, same-length list of results out."""
+    """A backend: whole batches in, same-length list of results out.
+
+    ``on_result`` is optional for engines written elsewhere: :class:`~synthllm.engines.LLM`
+    passes it only to engines whose ``generate`` accepts it, and otherwise caches per batch.
+    """
 
     backend: str
     model_id: str  # identifies the weights: part of every cache key and every row's provenance
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]: ...
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[ChatResult]: ...
 
     def close(self) -> None: ...
+
+
+class EngineAuthError(RuntimeError):
+    """The server refused the API key (401/403): every item would fail, so the run stops."""
+
+
+class RunStopped(Exception):
+    """:func:`request_stop` was called: the batch ended early; what was received is cached.
+
+    Not a ``RuntimeError``: engines that turn their library's ``RuntimeError`` into per-item
+    errors must let it through."""
+
+
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every engine batch of this process to stop soon (signal handlers, Prefect cancels).
+
+    In-process engines check between items (llama.cpp also between tokens), the openai backend
+    cancels its in-flight requests; ``LLM.run`` then caches what was received and raises
+    :class:`RunStopped`.
+    """
+    _stop.set()
+
+
+def clear_stop() -> None:
+    """Let batches run again (a process that goes on after a stop, tests)."""
+    _stop.clear()
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
+
+
+def check_stop(what: str) -> None:
+    """Raise :class:`RunStopped` when a stop was requested; ``what`` names the work cut short."""
+    if _stop.is_set():
+        raise RunStopped(f"stop requested: {what} ended early")

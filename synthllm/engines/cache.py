@@ -1,9 +1,16 @@
 """Response cache in the store: a rerun never repeats a stored LLM call.
 
-Layout: ``cache/llm/<stage>/<shard_id>/part-<uuid>.parquet``. One namespace per (stage, shard):
-the shard's task is the only writer, so parts never conflict and a lookup reads one small
-folder. Parts are immutable and written every ``cache_flush_every`` completions, so a run killed
-mid-batch loses at most the unflushed tail and its rerun resumes from the parts already written.
+Layout: ``cache/llm/<stage>/<shard_id>/{part,shard}-<uuid>.parquet``. One namespace per (stage,
+shard): the shard's task is the only writer, so files never conflict and a lookup reads one small
+folder. While a shard runs, every valid result is put here as it arrives and immutable ``part-``
+files are written every ``flush_every`` results or ``flush_interval_s`` seconds, whichever comes
+first, so a kill loses at most the unflushed tail and the rerun resumes from the parts.
+
+When the shard finishes, :meth:`ResponseCache.compact` rewrites the namespace as one ``shard-``
+file (written first, then the files it replaces are deleted), so the store holds O(shards) cache
+files, not O(requests). A killed compaction leaves both: readers dedupe by key. A file that is
+not readable Parquet (a truncated upload) is a cache miss, not a dead end: it is logged, listed
+in :attr:`ResponseCache.unreadable` with its path, and renamed ``*.corrupt`` by the compaction.
 
 Only valid results are stored (see :class:`~synthllm.engines.client.LLM`), under the key of the
 request the caller asked for (not the re-seeded retry that finally succeeded).
@@ -12,15 +19,21 @@ request the caller asked for (not the re-seeded retry that finally succeeded).
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 import uuid
-from dataclasses import asdict
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from synthllm.engines.base import ChatRequest, ChatResult, Completion
 from synthllm.runs import utcnow
-from synthllm.store import Store, stable_hash
+from synthllm.store import Store, StoreError, stable_hash
+
+log = logging.getLogger(__name__)
 
 PART_SCHEMA = pa.schema(
     [
@@ -34,6 +47,7 @@ PART_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us")),
     ]
 )
+CACHE_UNREADABLE = "cache_unreadable"
 
 
 def request_key(backend: str, model_id: str, request: ChatRequest) -> str:
@@ -52,71 +66,141 @@ def request_key(backend: str, model_id: str, request: ChatRequest) -> str:
     )
 
 
-class ResponseCache:
-    """The cached replies of one namespace: loaded once, appended to in flushed parts."""
+@dataclass(frozen=True)
+class UnreadablePart:
+    """A cache file that could not be read: its replies are asked again."""
 
-    def __init__(self, store: Store, stage: str, shard_id: str, model_id: str, flush_every: int) -> None:
+    path: str
+    detail: str
+
+
+class ResponseCache:
+    """The cached replies of one namespace: loaded once, appended to in flushed parts.
+
+    ``put`` may be called from one thread while a background timer flushes: the pending rows
+    are swapped out under a lock, and files are written one at a time.
+    """
+
+    def __init__(
+        self, store: Store, stage: str, shard_id: str, model_id: str, flush_every: int, flush_interval_s: float = 2.0
+    ) -> None:
         self.store = store
         self.folder = store.path("cache", "llm", stage, shard_id)
         self.model_id = model_id
         self.flush_every = flush_every
+        self.flush_interval_s = flush_interval_s
+        self.unreadable: list[UnreadablePart] = []
+        self._files: list[str] = []  # readable files of the namespace (loaded, then written)
+        self._rows: dict[str, dict[str, Any]] = {}
         self._pending: list[dict[str, Any]] = []
-        self._entries = self._load()
+        self._pending_since = 0.0
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._load()
 
-    def _load(self) -> dict[str, ChatResult]:
-        parts = self.store.glob(f"{self.folder}/part-*.parquet")
-        table = self.store.read_parquet_files(parts, PART_SCHEMA)
-        return {row["key"]: _result_from_row(row) for row in table.to_pylist()}
+    def _load(self) -> None:
+        for path in self.store.glob(f"{self.folder}/*.parquet"):
+            try:
+                table = self.store.read_parquet_file(path)
+            except StoreError as exc:
+                self.unreadable.append(UnreadablePart(path, str(exc)))
+                log.warning("response cache file is unreadable, its replies will be asked again: %s", exc)
+                continue
+            self._files.append(path)
+            for row in table.to_pylist():
+                self._rows[row["key"]] = row
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._rows)
 
     def get(self, key: str) -> ChatResult | None:
-        """A copy marked ``cached`` (callers may change their result without touching the cache)."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        return ChatResult(
-            completions=[Completion(c.text, c.finish_reason, c.parsed) for c in entry.completions],
-            prompt_tokens=entry.prompt_tokens,
-            completion_tokens=entry.completion_tokens,
-            latency_s=entry.latency_s,
-            attempts=entry.attempts,
-            cached=True,
-        )
+        """A fresh result marked ``cached`` (callers may change it without touching the cache)."""
+        row = self._rows.get(key)
+        return None if row is None else _result_from_row(row)
 
     def put(self, key: str, result: ChatResult) -> None:
         """Remember a valid result; a part is written once ``flush_every`` are waiting."""
-        self._entries[key] = result
-        self._pending.append(
-            {
-                "key": key,
-                "model": self.model_id,
-                "completions_json": json.dumps([asdict(c) for c in result.completions], ensure_ascii=False),
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "latency_s": result.latency_s,
-                "attempts": result.attempts,
-                "created_at": utcnow(),
-            }
-        )
-        if len(self._pending) >= self.flush_every:
+        row = {
+            "key": key,
+            "model": self.model_id,
+            "completions_json": _completions_json(result.completions),
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "latency_s": result.latency_s,
+            "attempts": result.attempts,
+        }
+        with self._lock:
+            self._rows[key] = row
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append(row)
+            full = len(self._pending) >= self.flush_every
+        if full:
             self.flush()
+        elif self._timer is None:
+            self._timer = threading.Thread(target=self._flush_on_time, daemon=True, name=f"cache-flush {self.folder}")
+            self._timer.start()
+
+    def _flush_on_time(self) -> None:
+        while not self._closed.wait(self.flush_interval_s / 4):
+            with self._lock:
+                due = bool(self._pending) and time.monotonic() - self._pending_since >= self.flush_interval_s
+            if due:
+                self.flush()
 
     def flush(self) -> None:
-        if not self._pending:
+        with self._write_lock:
+            with self._lock:
+                rows, self._pending = self._pending, []
+            if not rows:
+                return
+            created_at = utcnow()
+            table = pa.Table.from_pylist([{**row, "created_at": created_at} for row in rows], schema=PART_SCHEMA)
+            path = f"{self.folder}/part-{uuid.uuid4().hex}.parquet"
+            self.store.write_parquet(path, table)
+            self._files.append(path)
+
+    def close(self) -> None:
+        """Stop the timer and write what is pending."""
+        self._closed.set()
+        if self._timer is not None:
+            self._timer.join()
+        self.flush()
+
+    def compact(self) -> None:
+        """One file for the whole namespace (the shard finished): write it, then drop the rest."""
+        self.close()
+        if len(self._files) <= 1 and not self.unreadable:
             return
-        table = pa.Table.from_pylist(self._pending, schema=PART_SCHEMA)
-        self.store.write_parquet(f"{self.folder}/part-{uuid.uuid4().hex}.parquet", table)
-        self._pending = []
+        now = utcnow()
+        table = pa.Table.from_pylist(
+            [{**row, "created_at": row.get("created_at") or now} for row in self._rows.values()], schema=PART_SCHEMA
+        )
+        compacted = f"{self.folder}/shard-{uuid.uuid4().hex}.parquet"
+        self.store.write_parquet(compacted, table)
+        if self._files:
+            self.store.fs.rm(self._files)
+        for part in self.unreadable:  # kept for inspection, out of every later lookup
+            self.store.fs.mv(part.path, f"{part.path}.corrupt")
+        self._files = [compacted]
+        self.unreadable = []
+
+
+def _completions_json(completions: list[Completion]) -> str:
+    try:
+        return orjson.dumps(completions).decode()
+    except TypeError:  # a lone surrogate or a value orjson does not serialise
+        return json.dumps([c.__dict__ for c in completions], default=str)
 
 
 def _result_from_row(row: dict[str, Any]) -> ChatResult:
-    completions = [Completion(**c) for c in json.loads(row["completions_json"])]
     return ChatResult(
-        completions=completions,
+        completions=[Completion(**c) for c in orjson.loads(row["completions_json"])],
         prompt_tokens=row["prompt_tokens"],
         completion_tokens=row["completion_tokens"],
         latency_s=row["latency_s"],
         attempts=row["attempts"],
+        cached=True,
     )

@@ -5,8 +5,11 @@
 
 1. Requests already answered in this (stage, shard) namespace come from the response cache
    (``cached=True``, no engine call). Identical requests are sent once and share the answer.
-2. The rest go to the engine in chunks (``cache_flush_every``, larger for servers so their batch
-   stays full); every valid result is cached as it arrives, so a killed run resumes.
+2. The rest go to the engine. Every valid result is cached as it arrives: engines whose
+   ``generate`` takes ``on_result`` hand each result over at once (and then get the whole queue
+   in one call; vLLM sub-batches that keep its batch full); others get chunks of
+   ``cache_flush_every`` requests (more for servers) and are cached per chunk. When the shard is
+   done its cache is compacted to one file.
 3. A reply to a request with ``json_schema`` is parsed (surrounding whitespace and a ```json
    fence are tolerated) and validated with ``jsonschema``; the object lands in
    ``Completion.parsed``. Invalid or truncated (``finish_reason == "length"``) replies are retried
@@ -19,13 +22,15 @@
    included), cache hits, failures, tokens, seconds.
 
 Errors the engine reports per item (``engine_unreachable: ...``, ``prompt_too_long``, ...) are
-returned as they are. An exception from the engine itself propagates after the results obtained
-so far are flushed to the cache: the calling task fails, is retried and resumes.
+returned as they are. An exception from the engine itself (a crash, ``EngineAuthError``,
+``RunStopped``) propagates after the results obtained so far are flushed to the cache: the
+calling task fails (or stops), and a rerun resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
 import time
@@ -36,10 +41,11 @@ from typing import Any
 import jsonschema
 import polars as pl
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion, Engine
-from synthllm.engines.cache import ResponseCache, request_key
+from synthllm.engines.base import ChatRequest, ChatResult, Completion, Engine, check_stop
+from synthllm.engines.cache import CACHE_UNREADABLE, ResponseCache, request_key
 from synthllm.engines.registry import make_engine
 from synthllm.resources import read_sql
+from synthllm.runs import Failure
 from synthllm.settings import EngineSettings
 from synthllm.store import Store
 
@@ -52,11 +58,12 @@ TRUNCATED = "truncated"
 NO_OUTPUT = "no_output"
 RETRIED_REASONS = (INVALID_JSON, SCHEMA_MISMATCH, TRUNCATED)
 
-# Chunk size multiplier of max_concurrency per backend: a server (openai) or a continuous-batching
-# engine (vllm) must get enough requests at once to keep its batch full between chunk boundaries.
+# Chunk size multiplier of max_concurrency for engines cached per chunk: a server (openai) or a
+# continuous-batching engine (vllm) must get enough requests at once to keep its batch full.
 _CHUNK_CONCURRENCY_FACTOR = {"openai": 4, "vllm": 8}
 _SEED_STRIDE = 1_000_003  # prime stride: retry seeds never collide with neighbouring items' seeds
 _FENCE = re.compile(r"^```[A-Za-z]*\s*(.*?)\s*```$", re.DOTALL)
+_MAX_VALIDATORS_BY_ID = 1024
 
 
 def retry_seed(seed: int | None, attempt: int) -> int | None:
@@ -77,14 +84,26 @@ def _validator(schema_json: str) -> jsonschema.protocols.Validator:
     return validator_class(schema)
 
 
-def _schema_key(schema: dict[str, Any]) -> str:
-    return json.dumps(schema, sort_keys=True)
+# Stages reuse one schema object for a whole shard: look its validator up by identity, without
+# serialising the schema per reply. The entry keeps the schema alive, so its id is not reused.
+_validators_by_id: dict[int, tuple[dict[str, Any], jsonschema.protocols.Validator]] = {}
+
+
+def validator_for(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    entry = _validators_by_id.get(id(schema))
+    if entry is not None and entry[0] is schema:
+        return entry[1]
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    if len(_validators_by_id) >= _MAX_VALIDATORS_BY_ID:
+        _validators_by_id.clear()
+    _validators_by_id[id(schema)] = (schema, validator)
+    return validator
 
 
 def parse_json_reply(text: str) -> Any:
     """The JSON value in a reply; whitespace and a Markdown code fence around it are tolerated."""
     stripped = text.strip()
-    fenced = _FENCE.match(stripped)
+    fenced = _FENCE.match(stripped) if stripped.startswith("```") else None
     return json.loads(fenced.group(1) if fenced else stripped)
 
 
@@ -99,8 +118,9 @@ def check_completion(completion: Completion, request: ChatRequest) -> str | None
         if truncated:
             return f"{TRUNCATED}: reply hit max_tokens ({request.max_tokens}) before the JSON ended"
         return f"{INVALID_JSON}: {exc.msg} at char {exc.pos}"
-    mismatch = jsonschema.exceptions.best_match(_validator(_schema_key(request.json_schema)).iter_errors(value))
-    if mismatch is not None:
+    validator = validator_for(request.json_schema)
+    if not validator.is_valid(value):
+        mismatch = jsonschema.exceptions.best_match(validator.iter_errors(value))
         return f"{SCHEMA_MISMATCH}: {mismatch.message} at {mismatch.json_path}"
     # A complete, valid object is kept even when the engine then padded up to max_tokens.
     completion.parsed = value
@@ -108,16 +128,19 @@ def check_completion(completion: Completion, request: ChatRequest) -> str | None
 
 
 def check_result(result: ChatResult, request: ChatRequest) -> ChatResult:
-    """The engine's result with completions validated: valid ones kept, or the first error set."""
+    """The engine's result with completions validated (in place): valid ones kept, or the first error set."""
     if result.error is not None:
         return result
     if not result.completions:
-        return dataclasses.replace(result, error=f"{NO_OUTPUT}: the engine returned no completion")
+        result.error = f"{NO_OUTPUT}: the engine returned no completion"
+        return result
     errors = [check_completion(completion, request) for completion in result.completions]
     valid = [completion for completion, error in zip(result.completions, errors) if error is None]
     if valid:
-        return dataclasses.replace(result, completions=valid)
-    return dataclasses.replace(result, error=errors[0])
+        result.completions = valid
+    else:
+        result.error = errors[0]
+    return result
 
 
 def _retried(error: str | None) -> bool:
@@ -132,6 +155,63 @@ class _Usage:
     completion_tokens: int = 0
 
 
+class _Batch:
+    """The state of one ``LLM.run``: what is final, what waits for (another) engine call."""
+
+    def __init__(self, requests: list[ChatRequest], keys: list[str], cache: ResponseCache | None) -> None:
+        self.requests = requests
+        self.cache = cache
+        self.usage = _Usage()
+        self.final: dict[str, ChatResult] = {}
+        self.first_index: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            if key in self.final or key in self.first_index:
+                continue
+            hit = cache.get(key) if cache is not None else None
+            if hit is not None:
+                self.final[key] = hit
+            else:
+                self.first_index[key] = index
+        self.usage.cached = sum(key in self.final for key in keys)
+        self.queue: deque[tuple[str, int]] = deque((key, 0) for key in self.first_index)
+
+    def take(self, count: int) -> tuple[list[tuple[str, int]], list[ChatRequest]]:
+        """The next ``count`` queued items and the requests to send (retries re-seeded)."""
+        items = [self.queue.popleft() for _ in range(min(count, len(self.queue)))]
+        sent = []
+        for key, attempt in items:
+            original = self.requests[self.first_index[key]]
+            sent.append(original if attempt == 0 else dataclasses.replace(original, seed=retry_seed(original.seed, attempt)))
+        return items, sent
+
+    def accept(self, key: str, attempt: int, request: ChatRequest, output: ChatResult, max_retries: int) -> None:
+        """Validate one engine result; cache it, queue a retry, or keep the failure."""
+        usage = self.usage
+        usage.calls += 1
+        usage.prompt_tokens += output.prompt_tokens
+        usage.completion_tokens += output.completion_tokens
+        result = check_result(output, request)
+        result.attempts = attempt + 1
+        if result.ok:
+            self.final[key] = result
+            if self.cache is not None:
+                self.cache.put(key, result)
+        elif _retried(result.error) and attempt < max_retries and request.temperature > 0:
+            self.queue.append((key, attempt + 1))
+        else:
+            self.final[key] = result
+
+    def results(self, keys: list[str]) -> list[ChatResult]:
+        """One result per request; a repeated request gets its own copy of the shared answer."""
+        seen: set[str] = set()
+        results = []
+        for key in keys:
+            result = self.final[key]
+            results.append(_copy(result) if key in seen else result)
+            seen.add(key)
+        return results
+
+
 class LLM:
     """Structured output, response cache and usage accounting over any :class:`Engine`.
 
@@ -143,85 +223,90 @@ class LLM:
         self.engine = engine
         self.store = store
         self.settings = settings
+        # Engines written elsewhere may take only ``requests``: those are cached per chunk.
+        self.streams = "on_result" in inspect.signature(engine.generate).parameters
 
-    @property
-    def chunk_size(self) -> int:
-        """Requests per engine call: one cache flush, or enough to keep a server's batch full."""
+    def chunk_size(self, queued: int) -> int:
+        """Requests per engine call (``queued`` wait): everything for an engine that hands results
+        over one by one, else one cache flush, or enough to keep a server's batch full."""
         factor = _CHUNK_CONCURRENCY_FACTOR.get(self.engine.backend)
         flush_every = self.settings.cache_flush_every
+        if self.streams and self.engine.backend != "vllm":
+            return queued
         return max(flush_every, factor * self.settings.max_concurrency) if factor else flush_every
 
-    def run(self, requests: list[ChatRequest], *, stage: str, shard_id: str, run_id: str) -> list[ChatResult]:
+    def run(
+        self,
+        requests: list[ChatRequest],
+        *,
+        stage: str,
+        shard_id: str,
+        run_id: str,
+        problems: list[Failure] | None = None,
+    ) -> list[ChatResult]:
+        """One result per request (see the module docstring).
+
+        ``problems``, when given, receives one ``cache_unreadable`` :class:`Failure` per response
+        cache file that could not be read (its replies were asked again), for the failures table.
+        """
         started = time.perf_counter()
         usage_shard = f"{stage}-{shard_id}"
-        for schema in {_schema_key(r.json_schema) for r in requests if r.json_schema is not None}:
-            _validator(schema)  # a broken schema is the caller's bug: fail before any engine call
+        for schema in {id(r.json_schema): r.json_schema for r in requests if r.json_schema is not None}.values():
+            validator_for(schema)  # a broken schema is the caller's bug: fail before any engine call
         cache = None
         if self.store is not None:
             self.store.shard_path("llm_usage", usage_shard)  # a bad id fails before any engine call
             cache = ResponseCache(
-                self.store, stage, shard_id, self.engine.model_id, self.settings.cache_flush_every
+                self.store,
+                stage,
+                shard_id,
+                self.engine.model_id,
+                self.settings.cache_flush_every,
+                self.settings.cache_flush_interval_s,
             )
+            if problems is not None:
+                problems.extend(
+                    Failure(stage, None, CACHE_UNREADABLE, part.detail, source=part.path) for part in cache.unreadable
+                )
 
-        usage = _Usage()
         keys = [request_key(self.engine.backend, self.engine.model_id, r) for r in requests]
-        final: dict[str, ChatResult] = {}
-        first_index: dict[str, int] = {}
-        for index, key in enumerate(keys):
-            hit = cache.get(key) if cache is not None else None
-            if hit is not None:
-                final[key] = hit
-                usage.cached += 1
-            else:
-                first_index.setdefault(key, index)
-
+        batch = _Batch(requests, keys, cache)
         try:
-            self._generate_missing(requests, first_index, final, cache, usage)
-        finally:
+            self._generate_missing(batch, stage, shard_id)
+        except BaseException:
             if cache is not None:
-                cache.flush()
+                cache.close()
+            raise
+        if cache is not None:
+            cache.compact()
 
-        results = [_copy(final[key]) for key in keys]
+        results = batch.results(keys)
         if self.store is not None:
-            self._write_usage(self.store, stage, usage_shard, run_id, results, usage, time.perf_counter() - started)
+            self._write_usage(self.store, stage, usage_shard, run_id, results, batch.usage, time.perf_counter() - started)
         return results
 
-    def _generate_missing(
-        self,
-        requests: list[ChatRequest],
-        first_index: dict[str, int],
-        final: dict[str, ChatResult],
-        cache: ResponseCache | None,
-        usage: _Usage,
-    ) -> None:
-        """Feed the engine chunk by chunk; failed items go back in the queue with a new seed."""
-        queue: deque[tuple[str, int]] = deque((key, 0) for key in first_index)
-        while queue:
-            batch = [queue.popleft() for _ in range(min(self.chunk_size, len(queue)))]
-            originals = [requests[first_index[key]] for key, _ in batch]
-            sent = [
-                dataclasses.replace(original, seed=retry_seed(original.seed, attempt))
-                for original, (_, attempt) in zip(originals, batch)
-            ]
-            outputs = self.engine.generate(sent)
+    def _generate_missing(self, batch: _Batch, stage: str, shard_id: str) -> None:
+        """Feed the engine; failed items go back in the queue with a new seed."""
+        max_retries = self.settings.max_parse_retries
+        while batch.queue:
+            check_stop(f"{stage} shard {shard_id}")
+            items, sent = batch.take(self.chunk_size(len(batch.queue)))
+            accepted = [False] * len(items)
+
+            def on_result(index: int, output: ChatResult) -> None:
+                accepted[index] = True
+                key, attempt = items[index]
+                batch.accept(key, attempt, sent[index], output, max_retries)
+
+            outputs = self.engine.generate(sent, on_result=on_result) if self.streams else self.engine.generate(sent)
             if len(outputs) != len(sent):
                 raise RuntimeError(
                     f"engine {self.engine.backend}:{self.engine.model_id} returned {len(outputs)} results "
                     f"for {len(sent)} requests"
                 )
-            for (key, attempt), request, output in zip(batch, sent, outputs):
-                usage.calls += 1
-                usage.prompt_tokens += output.prompt_tokens
-                usage.completion_tokens += output.completion_tokens
-                result = dataclasses.replace(check_result(output, request), attempts=attempt + 1)
-                if result.ok:
-                    final[key] = result
-                    if cache is not None:
-                        cache.put(key, result)
-                elif _retried(result.error) and attempt < self.settings.max_parse_retries and request.temperature > 0:
-                    queue.append((key, attempt + 1))
-                else:
-                    final[key] = result
+            for index, output in enumerate(outputs):
+                if not accepted[index]:
+                    on_result(index, output)
 
     def _write_usage(
         self,

@@ -6,17 +6,24 @@ one after another (llama.cpp reuses the KV cache of the longest prompt prefix sh
 previous request, so prompts built from one document are cheap after the first). Schema output is
 constrained by a grammar built from the JSON schema; bound arrays with ``maxItems`` and never put
 ``minLength``/``maxLength`` on strings (the grammar explodes).
+
+Each result goes to ``on_result`` when its request is done, so the client caches it at once. A
+stop request (:func:`~synthllm.engines.base.request_stop`) is seen between tokens: a logits
+processor (called once per token) then sets llama.cpp's abort callback, the next decode returns
+at once, the half-made reply is dropped and ``RunStopped`` is raised. (An abort callback that
+asks Python on every graph node would take the GIL hundreds of times per token.)
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion
+from synthllm.engines.base import ChatRequest, ChatResult, Completion, OnResult, check_stop, stop_requested
 from synthllm.engines.registry import gguf_model_id, gguf_path
 from synthllm.settings import EngineSettings
 
@@ -32,6 +39,7 @@ class _LoadedModel:
     llama: "Llama"
     # A Llama context holds one sequence: two threads generating at once would corrupt it.
     lock: threading.Lock
+    logits_processors: list["_StopBetweenTokens"]
 
 
 _models: dict[tuple[str, int, int], _LoadedModel] = {}
@@ -47,10 +55,36 @@ def _load_model(path: str, n_ctx: int, n_threads: int) -> _LoadedModel:
                 from llama_cpp import Llama
             except ImportError as exc:
                 raise ImportError("the llamacpp backend needs: pip install 'synthllm[llamacpp]'") from exc
-            _models[key] = _LoadedModel(
-                Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False), threading.Lock()
-            )
+            llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+            _models[key] = _LoadedModel(llama, threading.Lock(), [_StopBetweenTokens(llama)])
         return _models[key]
+
+
+class _StopBetweenTokens:
+    """A logits processor that changes nothing; on a stop request it aborts the next decode.
+
+    llama-cpp-python swallows exceptions raised in its callbacks, so the abort goes through
+    llama.cpp's own abort callback (set on the context only while a stop is pending)."""
+
+    def __init__(self, llama: "Llama") -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self._context = llama._ctx.ctx  # no public accessor for the llama_context pointer
+        self._abort = llama_cpp.ggml_abort_callback(lambda data: True)  # kept referenced: called from C
+        self._none = ctypes.cast(None, llama_cpp.ggml_abort_callback)
+        self.aborting = False
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if stop_requested() and not self.aborting:
+            self._llama_cpp.llama_set_abort_callback(self._context, self._abort, None)
+            self.aborting = True
+        return scores
+
+    def reset(self) -> None:
+        if self.aborting:
+            self._llama_cpp.llama_set_abort_callback(self._context, self._none, None)
+            self.aborting = False
 
 
 def unload_llamacpp_models() -> None:
@@ -76,9 +110,15 @@ class LlamaCppEngine:
         n_threads = settings.n_threads or _usable_cores()
         self._model = _load_model(self.model_path, settings.n_ctx, n_threads)
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[ChatResult]:
+        results = []
         with self._model.lock:
-            return [self._generate_one(request) for request in requests]
+            for index, request in enumerate(requests):
+                check_stop(f"llamacpp batch of {len(requests)} requests ({index} answered)")
+                results.append(self._generate_one(request))
+                if on_result is not None:
+                    on_result(index, results[-1])
+        return results
 
     def _generate_one(self, request: ChatRequest) -> ChatResult:
         started = time.perf_counter()
@@ -93,12 +133,16 @@ class LlamaCppEngine:
                     max_tokens=request.max_tokens,
                     seed=seed,
                     response_format=_response_format(request),
+                    logits_processor=self._model.logits_processors,
                 )
             except ValueError as exc:
                 reason = PROMPT_TOO_LONG if "exceed context window" in str(exc) else INVALID_REQUEST
                 return ChatResult(error=f"{reason}: {exc}", latency_s=time.perf_counter() - started)
             except RuntimeError as exc:
+                check_stop("llamacpp reply")  # the decode was aborted for a stop request
                 return ChatResult(error=f"{INVALID_REQUEST}: {exc}", latency_s=time.perf_counter() - started)
+            finally:
+                self._model.logits_processors[0].reset()
             choice = response["choices"][0]
             result.completions.append(Completion(choice["message"]["content"] or "", choice["finish_reason"]))
             result.prompt_tokens = response["usage"]["prompt_tokens"]

@@ -1,77 +1,142 @@
 """The ``openai`` backend: any OpenAI-compatible server (``vllm serve``, llama.cpp, hosted APIs).
 
-Why async with a semaphore: a serving engine batches whatever requests are in flight, so the
-client keeps ``max_concurrency`` requests open at all times (across every replica) instead of
-waiting for each reply. ``base_url`` may list several replicas; requests, and each retry, go to
-them round-robin, so a dead replica's requests fail over to the live ones.
+Why aiohttp and not the ``openai`` SDK: the coordinator drives many GPU replicas from one
+process, so its CPU per request is the ceiling. The SDK spent ~1.4-3 ms CPU per request on a
+loopback server, aiohttp posting the same JSON (built with orjson) ~0.1 ms (bench/http_client.py).
 
-Transient trouble (timeouts, connection errors, 408/409/429 and 5xx answers) is retried up to
-``max_http_retries`` times with exponential backoff and jitter (``Retry-After`` respected). What
-still fails becomes a per-item ``error`` -- ``engine_unreachable: ...`` for a server that stayed
-down, ``invalid_request: ...`` for a request the server rejects -- so the batch never raises.
+Why async with slots per replica: a serving engine batches whatever requests are in flight, so
+the client keeps ``max_concurrency`` requests open at each of the ``base_url`` replicas at all
+times -- ``max_concurrency x replicas`` in all, shared by every batch of this process. Requests go
+round-robin to a replica with a free slot; a retry avoids the replica that just failed, so a dead
+replica's requests fail over to the live ones.
+
+Results are handed to ``on_result`` as they arrive (in the caller's thread), so the client caches
+them before the batch ends. One event loop thread per process serves every engine and batch.
+
+Transient trouble (timeouts, connection errors, dropped replies, 408/409/429 and 5xx answers) is
+retried up to ``max_http_retries`` times with exponential backoff and jitter (``Retry-After``
+respected). What still fails becomes a per-item ``error`` -- ``engine_unreachable: ...`` for a
+server that stayed down, ``invalid_request: ...`` for a request the server rejects,
+``invalid_response: ...`` for a reply that is not a chat completion. A 401/403 raises
+:class:`~synthllm.engines.base.EngineAuthError` at once: no item can succeed with that key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import os
+import queue
 import random
+import threading
 import time
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
-import openai
+import aiohttp
+import orjson
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion
+from synthllm.engines.base import ChatRequest, ChatResult, Completion, EngineAuthError, OnResult, check_stop
 from synthllm.settings import EngineSettings
 
 ENGINE_UNREACHABLE = "engine_unreachable"
 INVALID_REQUEST = "invalid_request"
 INVALID_RESPONSE = "invalid_response"
 _RETRIED_STATUS = {408, 409, 429}
+_AUTH_STATUS = {401, 403}
+# The names the openai SDK gives these answers: users and logs know them.
+_STATUS_NAMES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    409: "ConflictError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+}
 _MAX_BACKOFF_S = 60.0  # also caps a server's Retry-After
 _MAX_ERROR_CHARS = 500
-
-T = TypeVar("T")
-
-
-def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code, in a fresh event loop.
-
-    A thread that already runs a loop (an async flow, a notebook) cannot block on another loop,
-    so the coroutine then runs in a helper thread of its own.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+_STOP_POLL_S = 0.1  # how often a waiting batch looks at the stop flag
 
 
-def _is_retried(exc: openai.APIError) -> bool:
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-        return True
-    return isinstance(exc, openai.APIStatusError) and (exc.status_code in _RETRIED_STATUS or exc.status_code >= 500)
+class _TransportError(Exception):
+    """No usable HTTP answer (connection refused or dropped, timeout): always retried."""
 
 
-def _retry_after_s(exc: openai.APIError) -> float:
-    """The server's ``Retry-After`` (seconds form) when it sent one, else 0."""
-    response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return max(float(value), 0.0) if value is not None else 0.0
-    except ValueError:
-        return 0.0
+class _LoopThread:
+    """The process's event loop for HTTP, in a daemon thread (started again after a fork)."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid():
+                cls._loop = asyncio.new_event_loop()
+                cls._pid = os.getpid()
+                threading.Thread(target=cls._loop.run_forever, daemon=True, name="synthllm-http").start()
+            return cls._loop
+
+
+class _Replicas:
+    """Free slots per replica, shared by every batch of one engine (lives in the HTTP loop)."""
+
+    def __init__(self, urls: list[str], per_replica: int) -> None:
+        self.endpoints = [f"{url.rstrip('/')}/chat/completions" for url in urls]
+        self.per_replica = per_replica
+        self.in_flight = [0] * len(urls)
+        self.slots = asyncio.Semaphore(per_replica * len(urls))
+        self._turn = 0
+
+    def take(self, avoid: int | None) -> int:
+        """The next replica in turn with a free slot, other than ``avoid`` when another is free.
+
+        Called while holding one of ``slots``, so some replica has a free slot."""
+        count = len(self.endpoints)
+        free = [
+            i for i in ((self._turn + k) % count for k in range(count)) if self.in_flight[i] < self.per_replica
+        ]
+        replica = next((i for i in free if i != avoid), free[0])
+        self._turn = replica + 1
+        self.in_flight[replica] += 1
+        return replica
+
+    def give_back(self, replica: int) -> None:
+        self.in_flight[replica] -= 1
+
+
+def api_key_source(settings: EngineSettings) -> str:
+    """Where the key came from, in words, for errors (never the key itself)."""
+    key = settings.api_key.get_secret_value()
+    for variable in ("SYNTHLLM_ENGINE__API_KEY", "OPENAI_API_KEY"):
+        if os.environ.get(variable) == key:
+            return f"the {variable} environment variable"
+    if key == "EMPTY":
+        return "no key configured (the placeholder 'EMPTY' was sent; set OPENAI_API_KEY or engine.api_key)"
+    return "engine.api_key in the settings (config file or an override)"
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
 
 
+def _status_error(status: int, endpoint: str, body: bytes) -> str:
+    name = _STATUS_NAMES.get(status, "InternalServerError" if status >= 500 else "APIStatusError")
+    text = body.decode("utf-8", "replace").strip()
+    return f"{name}: HTTP {status} from {endpoint}: {text}"[:_MAX_ERROR_CHARS]
+
+
+def _retry_after_s(headers: Any) -> float:
+    """The server's ``Retry-After`` (seconds form) when it sent one, else 0."""
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return max(float(value), 0.0) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
 class OpenAIEngine:
-    """:class:`~synthllm.engines.base.Engine` over ``openai.AsyncOpenAI``, callable from sync code."""
+    """:class:`~synthllm.engines.base.Engine` over an OpenAI-compatible ``/chat/completions``."""
 
     backend = "openai"
 
@@ -81,61 +146,115 @@ class OpenAIEngine:
         self.settings = settings
         self.model_id = settings.model
         self.base_urls = [settings.base_url] if isinstance(settings.base_url, str) else list(settings.base_url)
+        self.max_in_flight = settings.max_concurrency * len(self.base_urls)
+        self._headers = {
+            "Authorization": f"Bearer {settings.api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+        }
+        self._replicas: tuple[asyncio.AbstractEventLoop, _Replicas] | None = None
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[ChatResult]:
+        """Send every request, hand each result to ``on_result`` as it arrives, return them all.
+
+        Raises ``RunStopped`` soon after a stop request (in-flight requests are cancelled) and
+        ``EngineAuthError`` on a 401/403; results handed over before that stay handed over."""
         if not requests:
             return []
-        return run_sync(self._generate(requests))
-
-    async def _generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        # Clients are bound to the event loop they first run in: one set per batch.
-        clients = [
-            openai.AsyncOpenAI(
-                base_url=url,
-                api_key=self.settings.api_key.get_secret_value(),
-                timeout=self.settings.request_timeout_s,
-                max_retries=0,  # retries are ours: backoff shared with failover between replicas
-            )
-            for url in self.base_urls
-        ]
-        slots = asyncio.Semaphore(self.settings.max_concurrency)
-        turn = itertools.count()
+        check_stop(f"openai batch of {len(requests)} requests")
+        results: list[ChatResult | None] = [None] * len(requests)
+        arrivals: queue.SimpleQueue = queue.SimpleQueue()
+        batch = asyncio.run_coroutine_threadsafe(self._batch(requests, arrivals), _LoopThread.get())
+        batch.add_done_callback(lambda _: arrivals.put(None))
+        waiting = len(requests)
         try:
-            return await asyncio.gather(*(self._one(request, clients, slots, turn) for request in requests))
+            while waiting:
+                try:
+                    arrival = arrivals.get(timeout=_STOP_POLL_S)
+                except queue.Empty:
+                    arrival = ()
+                if arrival is None:  # the batch ended before every result came: it raised
+                    batch.result()
+                    raise RuntimeError("openai batch ended without every result")
+                if arrival:
+                    index, result = arrival
+                    results[index] = result
+                    waiting -= 1
+                    if on_result is not None:
+                        on_result(index, result)
+                check_stop(f"openai batch of {len(requests)} requests ({len(requests) - waiting} answered)")
         finally:
-            for client in clients:
-                await client.close()
+            batch.cancel()
+        return results  # type: ignore[return-value]  # every slot was filled above
 
-    async def _one(
-        self,
-        request: ChatRequest,
-        clients: list[openai.AsyncOpenAI],
-        slots: asyncio.Semaphore,
-        turn: itertools.count,
-    ) -> ChatResult:
-        arguments = self._arguments(request)
+    def _replicas_in(self, loop: asyncio.AbstractEventLoop) -> _Replicas:
+        if self._replicas is None or self._replicas[0] is not loop:
+            self._replicas = (loop, _Replicas(self.base_urls, self.settings.max_concurrency))
+        return self._replicas[1]
+
+    async def _batch(self, requests: list[ChatRequest], arrivals: queue.SimpleQueue) -> None:
+        replicas = self._replicas_in(asyncio.get_running_loop())
+        indexes = iter(range(len(requests)))
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers) as session:
+
+            async def worker() -> None:
+                for index in indexes:
+                    arrivals.put((index, await self._one(session, replicas, requests[index])))
+
+            workers = [asyncio.create_task(worker()) for _ in range(min(len(requests), self.max_in_flight))]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _one(self, session: aiohttp.ClientSession, replicas: _Replicas, request: ChatRequest) -> ChatResult:
+        payload = orjson.dumps(self._arguments(request))
         retries = self.settings.max_http_retries
+        failed_replica: int | None = None
         for attempt in range(retries + 1):
-            client = clients[next(turn) % len(clients)]
-            async with slots:
+            async with replicas.slots:
+                replica = replicas.take(avoid=failed_replica)
+                endpoint = replicas.endpoints[replica]
                 started = time.perf_counter()
                 try:
-                    response = await client.chat.completions.create(**arguments)
-                except openai.APIError as exc:
-                    error = exc
-                else:
-                    return _to_result(response, time.perf_counter() - started, attempt + 1)
-            if not _is_retried(error):
-                reason = INVALID_REQUEST if isinstance(error, openai.APIStatusError) else INVALID_RESPONSE
-                return ChatResult(error=f"{reason}: {_describe(error)}", attempts=attempt + 1)
+                    status, headers, body = await self._post(session, endpoint, payload)
+                except _TransportError as exc:
+                    status, headers, error = None, None, str(exc)
+                finally:
+                    replicas.give_back(replica)
+            if status == 200:
+                return _to_result(body, time.perf_counter() - started, attempt + 1)
+            if status is not None:
+                error = _status_error(status, endpoint, body)
+                if status in _AUTH_STATUS:
+                    raise EngineAuthError(
+                        f"{endpoint} refused the API key (HTTP {status}); the key came from "
+                        f"{api_key_source(self.settings)}. Nothing can succeed with it: the run stops."
+                    )
+                if status not in _RETRIED_STATUS and status < 500:
+                    return ChatResult(error=f"{INVALID_REQUEST}: {error}", attempts=attempt + 1)
+            failed_replica = replica
             if attempt < retries:
-                # Sleep outside the semaphore: other requests keep the server busy meanwhile.
-                await asyncio.sleep(min(_MAX_BACKOFF_S, max(self._backoff_s(attempt), _retry_after_s(error))))
+                # Sleep outside the slot: other requests keep the server busy meanwhile.
+                await asyncio.sleep(min(_MAX_BACKOFF_S, max(self._backoff_s(attempt), _retry_after_s(headers))))
         return ChatResult(
-            error=f"{ENGINE_UNREACHABLE}: {retries + 1} attempts over {', '.join(self.base_urls)}; last: "
-            f"{_describe(error)}",
+            error=f"{ENGINE_UNREACHABLE}: {retries + 1} attempts over {', '.join(self.base_urls)}; last: {error}",
             attempts=retries + 1,
         )
+
+    async def _post(self, session: aiohttp.ClientSession, endpoint: str, payload: bytes) -> tuple[int, Any, bytes]:
+        try:
+            async with session.post(endpoint, data=payload) as response:
+                return response.status, response.headers, await response.read()
+        except asyncio.TimeoutError as exc:
+            raise _TransportError(
+                f"APITimeoutError: no reply from {endpoint} within {self.settings.request_timeout_s} s"
+            ) from exc
+        except aiohttp.ClientError as exc:  # refused, reset, dropped mid-reply, ...
+            raise _TransportError(f"APIConnectionError: {_describe(exc)} ({endpoint})") from exc
 
     def _backoff_s(self, attempt: int) -> float:
         """Exponential backoff with jitter, so many failed requests do not return in lockstep."""
@@ -144,7 +263,7 @@ class OpenAIEngine:
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.model_id,
-            "messages": [dict(message) for message in request.messages],
+            "messages": request.messages,
             "temperature": request.temperature,
             "top_p": request.top_p,
             "max_tokens": request.max_tokens,
@@ -167,15 +286,24 @@ class OpenAIEngine:
         """Nothing held between batches (each batch opens and closes its own connections)."""
 
 
-def _to_result(response: Any, latency_s: float, attempts: int) -> ChatResult:
-    usage = response.usage
+def _to_result(body: bytes, latency_s: float, attempts: int) -> ChatResult:
+    try:
+        reply = orjson.loads(body)
+        completions = [
+            Completion(text=choice["message"].get("content") or "", finish_reason=choice.get("finish_reason"))
+            for choice in reply["choices"]
+        ]
+        usage = reply.get("usage") or {}
+        prompt_tokens, completion_tokens = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        snippet = body[:200].decode("utf-8", "replace")
+        return ChatResult(
+            error=f"{INVALID_RESPONSE}: not a chat completion ({type(exc).__name__}): {snippet!r}", attempts=attempts
+        )
     return ChatResult(
-        completions=[
-            Completion(text=choice.message.content or "", finish_reason=choice.finish_reason)
-            for choice in response.choices
-        ],
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
+        completions=completions,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
         latency_s=latency_s,
         attempts=attempts,
     )

@@ -12,6 +12,8 @@ Rules (kept deliberately simple):
 - Tokens are estimated as ``ceil(chars / CHARS_PER_TOKEN)``.
 - An exception raised by the responder propagates out of :meth:`ScriptedEngine.generate`:
   that is how a test simulates an engine (or worker process) dying mid-batch.
+- Like the in-process engines, each result goes to ``on_result`` as soon as it is made, and a
+  stop request (:func:`~synthllm.engines.base.request_stop`) is honoured between requests.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion
+from synthllm.engines.base import ChatRequest, ChatResult, Completion, OnResult, check_stop
 
 CHARS_PER_TOKEN = 4
 
@@ -45,10 +47,11 @@ class ScriptedEngine:
         self.batches = 0
         self.requests: list[ChatRequest] = []
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[ChatResult]:
         self.batches += 1
         results = []
-        for request in requests:
+        for index, request in enumerate(requests):
+            check_stop(f"scripted batch of {len(requests)} requests ({index} answered)")
             completions = [self._complete(request) for _ in range(request.n)]
             self.calls += 1
             self.requests.append(request)
@@ -60,6 +63,8 @@ class ScriptedEngine:
                     completion_tokens=sum(estimate_tokens(c.text) for c in completions),
                 )
             )
+            if on_result is not None:
+                on_result(index, results[-1])
         return results
 
     def _complete(self, request: ChatRequest) -> Completion:

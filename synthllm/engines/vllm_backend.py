@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion
+from synthllm.engines.base import ChatRequest, ChatResult, Completion, OnResult, check_stop
 from synthllm.engines.convert_gguf import SMOLLM2_NAME, convert_gguf_to_hf, converted_model_dir
 from synthllm.settings import EngineSettings
 
@@ -160,6 +160,11 @@ class VLLMEngine:
 
     ``latency_s`` of each result is its share of the batch's wall time (batch time / batch size),
     so summing it over results gives engine time, not a multiple of it.
+
+    One ``chat`` call cannot be interrupted: a stop request is honoured before each call, and
+    the results of a call go to ``on_result`` together when it returns. The client therefore
+    feeds vLLM sub-batches (``8 x max_concurrency``): big enough to keep its batch full, small
+    enough that a stop or a kill costs at most one of them.
     """
 
     backend = "vllm"
@@ -178,7 +183,8 @@ class VLLMEngine:
     def max_model_len(self) -> int:
         return self._model.max_model_len
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[ChatResult]:
+        check_stop(f"vllm batch of {len(requests)} requests")
         results: list[ChatResult | None] = [None] * len(requests)
         runnable: list[int] = []
         for index, prompt_length in enumerate(self.count_prompt_tokens(requests)):
@@ -196,7 +202,10 @@ class VLLMEngine:
                 share = (time.perf_counter() - started) / len(runnable)
             for index, output in zip(runnable, outputs):
                 results[index] = output if isinstance(output, ChatResult) else _to_result(output, share)
-        return results  # type: ignore[return-value]  # every slot was filled above
+        if on_result is not None:
+            for index, result in enumerate(results):
+                on_result(index, result)  # type: ignore[arg-type]  # every slot was filled above
+        return results  # type: ignore[return-value]
 
     def count_prompt_tokens(self, requests: list[ChatRequest]) -> list[int]:
         """Prompt tokens of each request after the chat template, as vLLM will count them."""
@@ -214,6 +223,7 @@ class VLLMEngine:
         one; bisection finds k bad requests in about k·log2(n) calls instead of n. Sampling
         parameters are built afresh for every call because vLLM annotates them while validating.
         """
+        check_stop(f"vllm batch of {len(batch)} requests")
         try:
             return llm.chat(
                 [[dict(message) for message in request.messages] for request in batch],

@@ -1,0 +1,132 @@
+"""Shard plans: which items a stage still has to cover, chunked into shards named by content.
+
+A *plan* is the list of item ids of one shard, written to ``plans/<stage>/<shard_id>.parquet``
+before any task runs: tasks get only a shard id (small, stable Prefect parameters), and a
+rerun with the same inputs finds the same shards. What is "done" is decided once, by
+coverage (rows or failures for the stage's version and model, ``sql/covered_items.sql``);
+a shard's output file only stops a retried or concurrent task from writing it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from synthllm.resources import read_sql
+from synthllm.settings import Settings
+from synthllm.stages.base import Stage
+from synthllm.store import Store, stable_hash
+
+
+def plan_path(store: Store, stage: str, shard_id: str) -> str:
+    return store.path("plans", stage, f"{shard_id}.parquet")
+
+
+def covered_items(store: Store, stage: Stage, settings: Settings) -> set[str]:
+    """Items ``stage`` already dealt with for its version and model (query derived from the stage)."""
+    sql = read_sql("covered_items.sql").format(table=stage.table, item_column=stage.item_column,
+                                                row_filter=stage.row_filter)
+    params = [stage.name, stage.version(settings), stage.model(store, settings), stage.max_tokens(settings)]
+    return set(store.query(sql, params, tables=[stage.table, "failures"])["item_id"].to_list())
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard's items, and the shards of the stage's source table that hold them: a shard
+    reads those files only, so its read time does not grow with the corpus."""
+
+    stage: str
+    shard_id: str
+    item_ids: list[str]
+    source_shards: list[str]
+
+
+def plan_stage(store: Store, stage: Stage, settings: Settings, candidates: Sequence[str], shard_size: int) -> list[str]:
+    """Shards of the candidates not covered yet: new documents form new shards and finished
+    shards are not re-planned. Items are grouped by the source shard holding them."""
+    covered = covered_items(store, stage, settings)
+    pending = [item for item in candidates if item not in covered]
+    located = locate(store, stage, pending)
+    order = {shard: rank for rank, shard in enumerate(dict.fromkeys(located.get(i, "") for i in pending))}
+    pending.sort(key=lambda item: order[located.get(item, "")])  # stable: candidate order within a source shard
+    return write_plans(store, stage, pending, shard_size, stage.plan_key(settings), located)
+
+
+def locate(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, str]:
+    """The source shard of each item (one scan of the source table's key column per stage and run)."""
+    if stage.source is None or not item_ids:
+        return {}
+    table, key = stage.source
+    con = store.connect([table])
+    try:
+        con.register("_wanted", pa.table({"id": pa.array(list(item_ids), pa.string())}))
+        rows = con.sql(f"SELECT {key}, any_value(shard_id) FROM {table} "
+                       f"WHERE {key} IN (SELECT id FROM _wanted) GROUP BY {key}").fetchall()
+    finally:
+        con.close()
+    return dict(rows)
+
+
+def write_plans(store: Store, stage: Stage, item_ids: Sequence[str], shard_size: int, key: Any,
+                located: dict[str, str] | None = None) -> list[str]:
+    """Chunk item ids into shards named by their content and ``key``.
+
+    A shard whose output already exists but whose items are uncovered again (their failures were
+    cleared for a retry) gets a fresh id, so the retry is not mistaken for finished work."""
+    located = located or {}
+    shard_ids = []
+    for start in range(0, len(item_ids), shard_size):
+        chunk = list(item_ids[start : start + shard_size])
+        base = f"{stage.name}-{stable_hash(chunk, key)}"
+        shard_id, attempt = base, 1
+        while store.has_shard(stage.table, shard_id):
+            shard_id, attempt = f"{base}-r{attempt}", attempt + 1
+        path = plan_path(store, stage.name, shard_id)
+        if not store.exists(path):
+            store.write_parquet(path, pa.table({"item_id": pa.array(chunk, pa.string()),
+                                                "source_shard": pa.array([located.get(i) for i in chunk],
+                                                                         pa.string())}))
+        shard_ids.append(shard_id)
+    return shard_ids
+
+
+def read_plan(store: Store, stage: str, shard_id: str) -> ShardPlan:
+    table = store.read_parquet_files([plan_path(store, stage, shard_id)])
+    sources = table.column("source_shard").to_pylist() if "source_shard" in table.column_names else []
+    return ShardPlan(stage, shard_id, table.column("item_id").to_pylist(),
+                     sorted({s for s in sources if s is not None}))
+
+
+def select_documents(store: Store, settings: Settings) -> list[str]:
+    """Documents to generate from: the reference set when filtering ran, else every document;
+    a deterministic pseudo-random order (by seeded hash) so a budget takes an unbiased sample."""
+    use_references = settings.filter.enabled and store.table_files("document_scores")
+    sql = read_sql("reference_documents.sql") if use_references else "SELECT doc_id FROM documents"
+    doc_ids = store.query(sql)["doc_id"].to_list()
+    doc_ids.sort(key=lambda d: stable_hash(settings.generation.sampling.seed, d))
+    budget = settings.generation.max_documents
+    return doc_ids[:budget] if budget is not None else doc_ids
+
+
+def fetch_rows(store: Store, table: str, key_column: str, ids: list[str], columns: str = "*",
+               shards: list[str] | None = None) -> pl.DataFrame:
+    """Rows of ``table`` whose key is in ``ids``; with ``shards``, read only those shards' files."""
+    if shards:
+        frame = store.read_table(table, shards).filter(pl.col(key_column).is_in(ids))
+        return pl.SQLContext(frame=frame).execute(f"SELECT {columns} FROM frame", eager=True)
+    con = store.connect([table])
+    try:
+        con.register("_wanted", pa.table({"id": pa.array(ids, pa.string())}))
+        return con.sql(f"SELECT {columns} FROM {table} WHERE {key_column} IN (SELECT id FROM _wanted)").pl()
+    finally:
+        con.close()
+
+
+def fetch_source(store: Store, stage: Stage, plan: ShardPlan, columns: str = "*") -> pl.DataFrame:
+    """The rows of the stage's source table for a shard's items, from the plan's source shards."""
+    table, key = stage.source
+    return fetch_rows(store, table, key, plan.item_ids, columns, plan.source_shards or None)

@@ -1,0 +1,1 @@
+"""The stages: one module per stage, each under the contract in ``base``; ``registry`` lists them."""

@@ -1,0 +1,82 @@
+"""Concept extraction: each document's topics and key concepts -> ``document_concepts``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synthllm.concepts import concept_id, normalise_concept
+from synthllm.engines.base import ChatRequest, ChatResult
+from synthllm.runs import Failure
+from synthllm.settings import Settings
+from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs
+from synthllm.stages.common import documents, excerpt, make_request, request_seed
+from synthllm.plans import ShardPlan
+from synthllm.store import Store
+
+
+def _usable_concept(name: str) -> bool:
+    """Small models emit section numbers and dates as "concepts": a concept has letters."""
+    return any(ch.isalpha() for ch in name)
+
+
+def concept_link_rows(doc_id: str, parsed: dict[str, Any], origin: Provenance) -> list[dict[str, Any]]:
+    """One row per (document, topic) and per (document, topic, key concept); junk strings dropped."""
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str | None]] = set()
+    base = {"doc_id": doc_id, "education_level": (parsed.get("education_level") or "").strip() or None,
+            "subject": (parsed.get("subject") or "").strip() or None, "prompt_version": origin.prompt_version,
+            "model": origin.model, "params_json": origin.params_json}
+    for topic in parsed.get("topics", []):
+        topic_name = normalise_concept(topic.get("topic", ""))
+        if not _usable_concept(topic_name):
+            continue
+        topic_key = concept_id("topic", topic_name)
+        if (topic_key, None) not in seen:
+            seen.add((topic_key, None))
+            rows.append({**base, "topic_id": topic_key, "kc_id": None, "topic_surface": topic["topic"].strip(),
+                         "kc_surface": None})
+        for surface in topic.get("key_concepts", []):
+            kc_name = normalise_concept(surface)
+            if not _usable_concept(kc_name):
+                continue
+            kc_key = concept_id("kc", kc_name)
+            if (topic_key, kc_key) in seen:
+                continue
+            seen.add((topic_key, kc_key))
+            rows.append({**base, "topic_id": topic_key, "kc_id": kc_key, "topic_surface": topic["topic"].strip(),
+                         "kc_surface": surface.strip()})
+    return rows
+
+
+class ConceptsStage(LLMStage):
+    name = "concepts"
+    prompt_name = "extract_concepts"
+    table = "document_concepts"
+    item_key = "doc_id"
+    source = ("documents", "doc_id")
+    item_column = "doc_id"
+    serves_others = True  # levels 2 and 3 are built on concepts; level 1 alone needs none
+
+    def options_key(self, settings: Settings) -> Any:
+        gen = settings.generation
+        return [gen.doc_chars, gen.max_topics, gen.max_concepts_per_topic, settings.filter.domain]
+
+    def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
+        return state.doc_ids
+
+    def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
+        return ShardInputs(documents(store, self, plan))
+
+    def request(self, item: dict[str, Any], settings: Settings) -> ChatRequest:
+        gen = settings.generation
+        return make_request(
+            self.prompt(), gen.sampling, request_seed(gen.sampling.seed, self.name, item["doc_id"]),
+            limits={"topics": gen.max_topics, "key_concepts": gen.max_concepts_per_topic},
+            domain=settings.filter.domain, document=excerpt(item["text"], gen.doc_chars),
+            max_topics=gen.max_topics, max_concepts=gen.max_concepts_per_topic,
+        )
+
+    def rows(self, item: dict[str, Any], result: ChatResult, origin: Provenance,
+             settings: Settings) -> list[dict[str, Any]] | Failure:
+        links = concept_link_rows(item["doc_id"], result.parsed, origin)
+        return links or Failure(self.name, item["doc_id"], "no_concepts", "reply held no usable topic", result.text)

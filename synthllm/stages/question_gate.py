@@ -1,0 +1,61 @@
+"""The question gate: rule checks on every question -> one ``curation`` row each (kept, reason).
+
+Runs before answers, so junk questions ("Question 1", cut-off text, "according to the passage")
+cost no answer request, and the dataset card can count every reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synthllm.plans import ShardPlan, fetch_rows, fetch_source
+from synthllm.question_checks import RULES_VERSION, check_questions
+from synthllm.runs import Failure
+from synthllm.settings import Settings
+from synthllm.stages.base import PlanState, Provenance, RuleStage, ShardInputs
+from synthllm.store import Store
+
+GATE_CHECK = "question_gate"
+
+
+def gate_row(question_id: str, check_name: str, reason: str | None, origin: Provenance,
+             score: float | None = None) -> dict[str, Any]:
+    return {"question_id": question_id, "check_name": check_name, "kept": reason is None, "matched_id": None,
+            "score": score, "detail": reason, "prompt_version": origin.prompt_version, "model": origin.model}
+
+
+class QuestionGateStage(RuleStage):
+    name = GATE_CHECK
+    rules_version = RULES_VERSION
+    table = "curation"
+    item_key = "question_id"
+    source = ("questions", "question_id")
+    item_column = "question_id"
+    row_filter = f"check_name = '{GATE_CHECK}'"
+    after = ("level1", "level2", "level3")
+
+    def enabled(self, settings: Settings) -> bool:
+        return settings.gate.enabled
+
+    def plan_key(self, settings: Settings) -> dict[str, Any]:
+        return {"version": self.rules_version, "gate": settings.gate.model_dump(mode="json")}
+
+    def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
+        return store.query("SELECT question_id FROM questions ORDER BY level, question_id",
+                           tables=["questions"])["question_id"].to_list()
+
+    def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
+        questions = fetch_source(store, self, plan, "question_id, level, question, concepts, combo_id").to_dicts()
+        combo_ids = sorted({q["combo_id"] for q in questions if q["combo_id"]})
+        topics: dict[str, dict[str, str]] = dict.fromkeys(combo_ids, {})
+        if combo_ids:
+            combos = fetch_rows(store, "concept_combinations", "combo_id", combo_ids, "combo_id, kcs, kc_topics")
+            for combo_id, kcs, kc_topics in combos.iter_rows():
+                topics[combo_id] = {kc: t for kc, t in zip(kcs, kc_topics or [], strict=False) if t}
+        return ShardInputs(questions, context={"topics_by_combo": topics})
+
+    def process(self, settings: Settings, inputs: ShardInputs, origin: Provenance
+                ) -> tuple[list[dict[str, Any]], list[Failure]]:
+        reasons = check_questions(inputs.items, settings.gate, inputs.context["topics_by_combo"])
+        return [gate_row(q["question_id"], GATE_CHECK, reason, origin)
+                for q, reason in zip(inputs.items, reasons, strict=True)], []

@@ -1,0 +1,92 @@
+"""Store leases on a local folder and on a real S3 endpoint: one holder at a time, renewal,
+takeover of an expired lease, a clear message naming the holder."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from synthllm.lease import LeaseHeld, LeaseRecord, acquire, holder, lease_path
+from synthllm.settings import StoreSettings
+from synthllm.store import Store
+
+
+@pytest.fixture
+def store(store_settings: StoreSettings) -> Store:
+    return Store(store_settings)
+
+
+def test_held_lease_names_its_owner_and_is_released(store: Store) -> None:
+    with acquire(store, "answer", "run-a", ttl_s=30) as lease:
+        assert holder(store, "answer").owner == "run-a" and not lease.lost.is_set()
+        with pytest.raises(LeaseHeld, match=r"lease 'answer' on store .* is held by run-a since \d{4}-"):
+            with acquire(Store(store.settings), "answer", "run-b", ttl_s=30):
+                pass
+        with acquire(store, "level1", "run-b", ttl_s=30):  # another stage: its own lease
+            assert holder(store, "level1").owner == "run-b"
+    assert holder(store, "answer") is None and not store.exists(lease_path(store, "answer"))
+
+
+def test_two_concurrent_acquirers_take_turns(store: Store) -> None:
+    start = threading.Barrier(2)
+    inside: list[str] = []
+    overlaps: list[tuple[str, ...]] = []
+    errors: list[BaseException] = []
+    guard = threading.Lock()
+
+    def run(owner: str) -> None:
+        try:
+            start.wait()
+            with acquire(Store(store.settings), "answer", owner, ttl_s=30, wait_s=30, poll_s=0.05):
+                with guard:
+                    inside.append(owner)
+                    if len(inside) > 1:
+                        overlaps.append(tuple(inside))
+                time.sleep(0.5)
+                with guard:
+                    inside.remove(owner)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f"run-{i}",)) for i in range(2)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and not overlaps
+    assert time.monotonic() - began >= 1.0  # the second waited for the first
+    assert holder(store, "answer") is None
+
+
+def test_an_expired_lease_is_taken_over(store: Store) -> None:
+    dead = LeaseRecord("answer", "killed-run", "t0", "2024-01-01T00:00:00+00:00", "2024-01-01T00:01:00+00:00")
+    store.write_bytes(lease_path(store, "answer"), dead.encode())
+    with acquire(store, "answer", "run-b", ttl_s=30):
+        assert holder(store, "answer").owner == "run-b"
+
+
+def test_renewal_keeps_a_short_lease_alive(store: Store) -> None:
+    with acquire(store, "answer", "run-a", ttl_s=0.9) as lease:
+        time.sleep(2.0)  # two ttl's: without renewal it would have expired
+        assert not holder(store, "answer").expired
+        with pytest.raises(LeaseHeld, match="run-a"):
+            with acquire(Store(store.settings), "answer", "run-b", ttl_s=30):
+                pass
+        assert not lease.lost.is_set()
+
+
+def test_a_lease_taken_from_its_holder_is_flagged_lost(store: Store) -> None:
+    with acquire(store, "answer", "run-a", ttl_s=0.6) as lease:
+        thief = LeaseRecord("answer", "run-z", "tz", "2024-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00")
+        store.write_bytes(lease_path(store, "answer"), thief.encode())
+        assert lease.lost.wait(5)
+    assert holder(store, "answer").owner == "run-z"  # not deleted by the one who lost it
+
+
+def test_the_same_owner_may_take_its_lease_again(store: Store) -> None:
+    with acquire(store, "answer", "run-a", ttl_s=30):
+        with acquire(Store(store.settings), "answer", "run-a", ttl_s=30):  # a retried task of run-a
+            assert holder(store, "answer").owner == "run-a"

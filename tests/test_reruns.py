@@ -1,0 +1,138 @@
+"""Reruns on a local folder and on a real S3 endpoint: every planned item ends as a row or a
+recorded failure, and a rerun asks only for what is not stored (issues 11 and 12)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from flows.synthesize import synthesize_flow
+from scripted_llm import PipelineResponder
+from synthllm.engine_pool import install_engine
+from synthllm.engines.scripted import ScriptedEngine
+from synthllm.ingest import expand_sources, ingest_file
+from synthllm.runs import Failure, clear_failures, failure_rows
+from synthllm.settings import StoreSettings, load_settings
+from synthllm.store import Store
+
+BASE = {"filter.enabled": False, "generation.shard_size": 4, "engine.cache_flush_every": 1, "graph.epochs": 2,
+        "orchestration.task_retries": 0}
+
+
+def overrides_for(settings: StoreSettings, **extra) -> dict:
+    return {**BASE, "store.s3_endpoint_url": settings.s3_endpoint_url, **extra}
+
+
+def ingest_documents(settings: StoreSettings, sample_dir: Path, tmp_path: Path, n: int) -> None:
+    lines = (sample_dir / "openstax-algebra.jsonl").read_text().splitlines()[:n]
+    source = tmp_path / f"docs-{n}.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    loaded = load_settings(overrides={"store.s3_endpoint_url": settings.s3_endpoint_url}, store=settings.url)
+    for file in expand_sources([str(source)], loaded.store):
+        ingest_file(Store(loaded.store), loaded, "ingest", file)
+
+
+def engine_for(settings: StoreSettings, responder, overrides: dict) -> ScriptedEngine:
+    loaded = load_settings(overrides=overrides, store=settings.url)
+    engine = ScriptedEngine(responder)
+    install_engine(Store(loaded.store), loaded.engine, engine)
+    return engine
+
+
+def kept_questions(store: Store) -> set[str]:
+    return set(store.query("SELECT question_id FROM questions WHERE question_id NOT IN (SELECT question_id FROM "
+                           "curation WHERE check_name = 'question_gate' AND NOT kept)")["question_id"])
+
+
+def test_every_question_is_answered_and_a_grown_budget_rebuilds_the_graph(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
+    """S3 listings are fresh: the answer stage sees every level's questions, and the graph task
+    reads the concept shards written by this run (a stale listing saw 9 of 20 and FileExpired)."""
+    ingest_documents(store_settings, sample_dir, tmp_path, 5)
+    store = Store(store_settings)
+    for budget in (3, 4):
+        overrides = overrides_for(store_settings, **{"generation.max_documents": budget})
+        engine_for(store_settings, PipelineResponder(), overrides)
+        summary = synthesize_flow(store=store_settings.url, overrides=overrides)
+        questions = store.read_table("questions")
+        assert sorted(questions["level"].unique().to_list()) == [1, 2, 3]
+        assert set(store.read_table("answers")["question_id"]) == kept_questions(store)
+        linked = set(store.read_table("document_concepts")["doc_id"])
+        assert len(linked) == budget
+        graph_docs = set(store.read_table("concept_combinations").filter(
+            pl.col("shard_id").str.contains(summary["graph"]["graph_key"]))["ref_doc_ids"].explode())
+        assert graph_docs <= linked and len(store.read_table("concepts")) > 0
+
+
+def test_retrying_a_shard_whose_every_item_failed_generates_it(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
+    """All items of a shard fail -> a 0-row output shard; retry-failures must not leave the store stuck."""
+    ingest_documents(store_settings, sample_dir, tmp_path, 3)
+    store = Store(store_settings)
+    overrides = overrides_for(store_settings, **{"generation.levels": [1], "gate.enabled": False})
+    engine_for(store_settings, lambda request: "garbage, not JSON", overrides)
+    synthesize_flow(store=store_settings.url, overrides=overrides)
+    failed = store.read_table("failures").filter(pl.col("stage") == "level1")
+    assert failed.height == 3 and store.read_table("questions").height == 0
+
+    assert clear_failures(store, "level1") == 1
+    engine = engine_for(store_settings, PipelineResponder(), overrides)
+    synthesize_flow(store=store_settings.url, overrides=overrides)
+    questions = store.read_table("questions")
+    assert set(questions["doc_ids"].explode()) == set(failed["item_id"])
+    assert engine.calls == 3 + questions.height  # the 3 documents again, then one answer per question
+    assert store.read_table("failures").filter(pl.col("stage") == "level1").height == 0
+
+
+def test_a_failure_under_another_prompt_version_does_not_block_the_item(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
+    ingest_documents(store_settings, sample_dir, tmp_path, 2)
+    store = Store(store_settings)
+    doc_ids = store.read_table("documents")["doc_id"].to_list()
+    old = failure_rows([Failure("level1", doc_ids[0], "invalid_json", "old prompt", None, "scripted",
+                                "level1_questions@0"),
+                        Failure("level1", doc_ids[1], "invalid_json", "this prompt", None, "scripted",
+                                "level1_questions@1")], "level1-old", "r")
+    store.write_shard("failures", "level1-level1-old", old)
+    overrides = overrides_for(store_settings, **{"generation.levels": [1], "gate.enabled": False})
+    engine_for(store_settings, PipelineResponder(), overrides)
+    synthesize_flow(store=store_settings.url, overrides=overrides)
+    asked = set(store.read_table("questions")["doc_ids"].explode())
+    assert asked == {doc_ids[0]}  # @0's failure is no answer for @1; @1's own failure is
+
+
+def test_raising_max_tokens_reasks_only_the_truncated_items(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
+    """What curator and distilabel users ask for most: a settings change re-asks only what it affects."""
+    ingest_documents(store_settings, sample_dir, tmp_path, 4)
+    store = Store(store_settings)
+    docs = store.read_table("documents").sort("doc_id")
+    wordy = set(docs["doc_id"][:2])
+    healthy = PipelineResponder()
+
+    def responder(request):
+        reply = healthy(request)
+        user = request.messages[-1]["content"]
+        if "suitable" in json.dumps(request.json_schema or {}) and any(
+                docs.filter(pl.col("doc_id") == d)["text"][0][:80] in user for d in wordy):
+            parsed = json.loads(reply)
+            parsed["questions"][0]["question"] += " Explain every step in detail." * 40
+            return json.dumps(parsed)
+        return reply
+
+    short = overrides_for(store_settings, **{"generation.levels": [1], "generation.sampling.max_tokens": 200})
+    engine_for(store_settings, responder, short)
+    synthesize_flow(store=store_settings.url, overrides=short)
+    truncated = store.read_table("failures").filter((pl.col("stage") == "level1") & (pl.col("reason") == "truncated"))
+    assert set(truncated["item_id"]) == wordy
+    answered = store.read_table("answers").height
+
+    longer = {**short, "generation.sampling.max_tokens": 2000}
+    engine = engine_for(store_settings, responder, longer)
+    synthesize_flow(store=store_settings.url, overrides=longer)
+    level1 = [r for r in engine.requests if "suitable" in json.dumps(r.json_schema or {})]
+    assert len(level1) == 2 and all(r.max_tokens == 2000 for r in level1)
+    assert set(store.read_table("questions")["doc_ids"].explode()) == set(docs["doc_id"])
+    assert engine.calls == 2 + store.read_table("answers").height - answered  # new questions' answers only

@@ -1,0 +1,65 @@
+"""Settings validation: unknown keys, bounds and types are errors naming the dotted field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synthllm.settings import SettingsError, load_settings
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"generation.max_document": 1}, "generation.max_document: unknown setting; did you mean generation.max_documents?"),
+        ({"engine.bakend": "openai"}, "engine.bakend: unknown setting; did you mean engine.backend?"),
+        ({"answer.engine": {"bakend": "openai"}}, "answer.engine.bakend: unknown setting; did you mean answer.engine.backend?"),
+        ({"generaton.levels": [1]}, "generaton: unknown setting; did you mean generation?"),
+        ({"filter.rater_sampling.temprature": 0.5}, "did you mean filter.rater_sampling.temperature?"),
+        ({"generation.max_documents": -3}, "generation.max_documents: Input should be greater than or equal to 1"),
+        ({"generation.max_combinations": 0}, "generation.max_combinations: Input should be greater than or equal to 1"),
+        ({"generation.levels": []}, "generation.levels: List should have at least 1 item"),
+        ({"generation.max_documents": True}, "generation.max_documents: expected int | None, not a boolean"),
+        ({"generation.levels": [1, True]}, "generation.levels: expected list[int], not a boolean"),
+        ({"ingest.shard_size": "many"}, "ingest.shard_size: Input should be a valid integer"),
+    ],
+)
+def test_bad_overrides_name_the_field(overrides: dict, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(overrides=overrides)
+    assert message in str(caught.value)
+
+
+def test_valid_values_still_pass() -> None:
+    settings = load_settings(overrides={"generation.max_documents": 3, "generation.levels": [1, 3],
+                                        "filter.enabled": False, "engine.max_concurrency": "8"})
+    assert settings.generation.max_documents == 3 and settings.generation.levels == [1, 3]
+    assert settings.filter.enabled is False and settings.engine.max_concurrency == 8
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_unknown_config_file_keys_are_errors(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"config{suffix}"
+    if suffix == ".toml":
+        path.write_text('[generation]\nmax_documents = 2\nshard_sise = 10\n')
+    else:
+        path.write_text("generation:\n  max_documents: 2\n  shard_sise: 10\n")
+    with pytest.raises(SettingsError, match="generation.shard_sise: unknown setting; did you mean generation.shard_size"):
+        load_settings(path)
+
+
+def test_environment_variables_are_checked(monkeypatch) -> None:
+    monkeypatch.setenv("SYNTHLLM_GENERATION__MAX_DOCUMENTS", "4")
+    assert load_settings().generation.max_documents == 4
+    monkeypatch.setenv("SYNTHLLM_GENERATION__MAX_DOCUMENT", "4")
+    with pytest.raises(SettingsError, match="generation.max_document: unknown setting.*SYNTHLLM_GENERATION__MAX_DOCUMENT"):
+        load_settings()
+    monkeypatch.delenv("SYNTHLLM_GENERATION__MAX_DOCUMENT")
+    monkeypatch.setenv("SYNTHLLM_GENERATON__MAX_DOCUMENTS", "4")
+    with pytest.raises(SettingsError, match="SYNTHLLM_GENERATON__MAX_DOCUMENTS: unknown settings section 'generaton'; "
+                                            "did you mean generation"):
+        load_settings()
+    monkeypatch.delenv("SYNTHLLM_GENERATON__MAX_DOCUMENTS")
+    monkeypatch.setenv("SYNTHLLM_MODELS_DIR", "/tmp/models")  # not a setting: no __, left alone
+    assert load_settings().generation.max_documents == 4

@@ -1,0 +1,122 @@
+"""Store: fresh listings across Store objects (local and S3), SQL-safe paths, corrupt shards."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from typer.testing import CliRunner
+
+from synthllm.settings import StoreSettings
+from synthllm.status import store_status
+from synthllm.store import Store, StoreError, sql_literal
+
+
+def failure_rows(reason: str, n: int = 1) -> list[dict]:
+    return [
+        {"stage": "s", "item_id": f"{reason}-{i}", "reason": reason, "shard_id": "x", "run_id": "r",
+         "created_at": datetime(2024, 1, 1)}
+        for i in range(n)
+    ]
+
+
+def test_a_second_store_object_sees_new_and_rewritten_shards(store_settings: StoreSettings) -> None:
+    """A flow holds one Store for the whole run while tasks write through others."""
+    writer, reader = Store(store_settings), Store(store_settings)
+    writer.write_shard("failures", "all", failure_rows("old"))
+    assert reader.shard_ids("failures") == {"all"}
+    assert reader.query("SELECT reason FROM failures")["reason"].to_list() == ["old"]
+    assert reader.exists(reader.shard_path("failures", "all"))
+    assert not reader.exists(reader.shard_path("failures", "extra"))
+
+    writer.write_shard("failures", "extra", failure_rows("extra"))
+    writer.write_shard("failures", "all", failure_rows("rewritten", 3))  # same file, new content
+    assert reader.shard_ids("failures") == {"all", "extra"}
+    assert reader.has_shard("failures", "extra")
+    counts = reader.query("SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason")
+    assert counts.rows() == [("extra", 1), ("rewritten", 3)]
+    assert sorted(reader.read_table("failures")["reason"].to_list()) == ["extra"] + ["rewritten"] * 3
+    con = reader.connect(["failures"])  # the connection path the stages use
+    try:
+        assert con.sql("SELECT count(*) FROM failures").fetchall() == [(4,)]
+    finally:
+        con.close()
+
+
+def test_sql_literal_escapes_quotes() -> None:
+    assert sql_literal("it's") == "'it''s'"
+    con = duckdb.connect()
+    assert con.sql(f"SELECT {sql_literal(chr(39) + '); DROP TABLE x; --')}").fetchall() == [("'); DROP TABLE x; --",)]
+
+
+@pytest.mark.parametrize(
+    "folder",
+    ["it's a store", "x', union_by_name = true); COPY (SELECT 42 AS pwned) TO 'PWNED.csv'; SELECT * FROM read_parquet('x"],
+)
+def test_store_path_cannot_break_or_inject_sql(tmp_path: Path, folder: str, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = Store(str(tmp_path / folder))
+    store.write_shard("failures", "one", failure_rows("quoted"))
+    assert store.query("SELECT reason FROM failures")["reason"].to_list() == ["quoted"]
+    catalog = store.write_catalog()
+    assert not list(tmp_path.rglob("PWNED.csv"))
+    con = duckdb.connect(catalog, read_only=True)
+    try:
+        assert con.sql("SELECT reason FROM failures").fetchall() == [("quoted",)]
+    finally:
+        con.close()
+
+
+def truncate(store: Store, table: str, shard_id: str) -> str:
+    path = store.shard_path(table, shard_id)
+    data = store.read_bytes(path)
+    store.write_bytes(path, data[: len(data) // 2])
+    return path
+
+
+def test_corrupt_shard_is_named(store_settings: StoreSettings) -> None:
+    store = Store(store_settings)
+    store.write_shard("failures", "good", failure_rows("good"))
+    store.write_shard("failures", "bad", failure_rows("bad"))
+    bad = truncate(store, "failures", "bad")
+    with pytest.raises(StoreError, match=f"corrupt table shard.*{bad}"):
+        store.query("SELECT count(*) FROM failures")
+    with pytest.raises(StoreError, match=bad):
+        store.read_table("failures")
+    with pytest.raises(StoreError, match=bad):
+        store.connect(["failures"])
+    assert set(store.corrupt_files()) == {bad}
+
+
+def test_query_errors_that_are_not_corruption_stay_as_they_are(store_settings: StoreSettings) -> None:
+    store = Store(store_settings)
+    store.write_shard("failures", "good", failure_rows("good"))
+    with pytest.raises(duckdb.BinderException):
+        store.query("SELECT no_such_column FROM failures")
+
+
+def test_status_reports_corrupt_files_and_counts_the_rest(store_settings: StoreSettings) -> None:
+    store = Store(store_settings)
+    store.write_shard("failures", "good", failure_rows("good", 2))
+    store.write_shard("failures", "bad", failure_rows("bad"))
+    bad = truncate(store, "failures", "bad")
+    report = store_status(store)
+    assert report["tables"]["failures"] == 2
+    assert [(c["table"], c["path"]) for c in report["corrupt_files"]] == [("failures", bad)]
+    assert "Parquet" in report["corrupt_files"][0]["error"] or "parquet" in report["corrupt_files"][0]["error"]
+    assert store_status(Store(store_settings)) == report
+
+
+def test_status_cli_lists_corrupt_files(store_url: str) -> None:
+    from synthllm.cli import app
+
+    store = Store(store_url)
+    store.write_shard("failures", "bad", failure_rows("bad"))
+    bad = truncate(store, "failures", "bad")
+    result = CliRunner().invoke(app, ["status", "--store", store_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [c["path"] for c in json.loads(result.output)["corrupt_files"]] == [bad]
+    assert store_status(store)["corrupt_files"][0]["path"] == bad
