@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install demo test test-vllm bench clean-store server
+.PHONY: install demo test test-vllm bench clean-store server bench-startup ui-check ui-check-quick
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,19 @@ bench: install
 
 server: install
 	$(BIN)/prefect server start
+
+# Seconds from a synthllm command to its first task, with a temporary and a running server.
+bench-startup: install
+	$(BIN)/python bench/cli_startup.py
+
+# What a UI user sees, in headless Chromium (apt-get install chromium); not part of `make test`.
+# ui-check: pools, `prefect deploy -n demo`, a worker, the demo run with the embedded model (~10 min).
+# ui-check-quick: the same page checks on a run with the test suite's scripted engine (~1 min).
+ui-check: install
+	$(BIN)/python infra/scripts/ui_check.py --deployment --screenshot $(STORE)/ui-check/run-page.png
+
+ui-check-quick: install
+	$(BIN)/python infra/scripts/ui_check.py --scripted --screenshot $(STORE)/ui-check/run-page.png
 
 clean-store:
 	rm -rf $(STORE)

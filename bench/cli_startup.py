@@ -53,7 +53,8 @@ def timed(command: list[str], env: dict[str, str]) -> dict[str, float | None]:
 
 def median_run(repeat: int, env: dict[str, str], workdir: Path, label: str) -> dict[str, float | None]:
     runs = [timed([SYNTHLLM, "ingest", SOURCE, "--store", str(workdir / f"{label}-{i}")], env) for i in range(repeat)]
-    return {key: statistics.median(r[key] for r in runs) if runs[0][key] is not None else None for key in runs[0]}
+    return {key: round(statistics.median(r[key] for r in runs), 2) if runs[0][key] is not None else None
+            for key in runs[0]}
 
 
 def main() -> None:

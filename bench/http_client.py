@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,11 +176,11 @@ def main() -> None:
         for offset, name in enumerate(args.variants.split(",")):
             if name in raw:
                 asyncio.run(raw[name](base_url, 50, args.concurrency))  # warm-up: imports, connections
-                call = lambda: asyncio.run(raw[name](base_url, args.n, args.concurrency))  # noqa: E731
+                call = partial(asyncio.run, raw[name](base_url, args.n, args.concurrency))
             else:
                 variant = {"engine": engine, "llm_run": llm_run}[name]
                 variant(base_url, 50, args.concurrency, offset=10**6 * (offset + 1))
-                call = lambda: variant(base_url, args.n, args.concurrency, offset=0)  # noqa: E731
+                call = partial(variant, base_url, args.n, args.concurrency, offset=0)
             figures.append(measure(name, call, args.n))
     finally:
         server.kill()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+import os
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -28,6 +28,11 @@ from synthllm.settings import Settings, resolve_settings, settings_payload
 from synthllm.store import Store
 from tasks.common import open_payload, retry_options
 from tasks.curate import dedup_task, diversity_report_task, export_task
+
+# The diversity report loads a sentence-transformers model: no "Loading weights: 100%|...|" bar
+# in the run's logs (set before transformers is imported; the worker's own environment wins).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CURATE_STEPS = ("dedup", "decontaminate", "report")
 STEP_WEIGHTS = {"dedup": LIGHT_WEIGHT, "decontaminate": LIGHT_WEIGHT, "report": LIGHT_WEIGHT}

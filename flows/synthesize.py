@@ -18,7 +18,6 @@ from prefect.futures import as_completed
 
 from flows.options import cpu_tags
 from flows.tracking import Tracker, tracked
-
 from synthllm.lease import LeaseHeld, acquire
 from synthllm.plans import plan_stage, read_plan, select_documents
 from synthllm.progress import LIGHT_WEIGHT
@@ -50,7 +49,9 @@ class StageRunner:
         size = settings.generation.shard_size
         shards = plan_stage(self.run.store, stage, settings, candidates, size)
         # every shard but the last is full: one plan read gives the stage's item count
-        items = (len(shards) - 1) * size + len(read_plan(self.run.store, stage.name, shards[-1]).item_ids) if shards else 0
+        items = 0
+        if shards:
+            items = (len(shards) - 1) * size + len(read_plan(self.run.store, stage.name, shards[-1]).item_ids)
         self.tracker.plan(stage.name, len(shards), items)
         return [(stage.name, shard_id) for shard_id in shards]
 

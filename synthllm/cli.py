@@ -175,8 +175,12 @@ def status(
     usage_columns = ("stage", "model", "requests", "calls", "cached", "failures", "prompt_tokens",
                      "completion_tokens", "seconds")
     _print_table("llm usage (latest runs)", [{k: row[k] for k in usage_columns} for row in report["llm_usage"]])
-    if report.get("corrupt_files"):
-        _print_table("corrupt files (left out of the counts above)", report["corrupt_files"])
+    corrupt = report.get("corrupt_files") or []
+    if corrupt:
+        console.print(f"[bold red]corrupt files[/]: {len(corrupt)}, left out of the counts above "
+                      "(rerun the stage that wrote them, or delete them)")
+        for row in corrupt:  # whole paths, unwrapped: they are meant to be copied
+            typer.echo(f"  {row['table']}: {row['path']}: {row['error']}")
 
 
 @app.command()

@@ -10,7 +10,7 @@ a shard's output file only stops a retried or concurrent task from writing it tw
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -36,13 +36,19 @@ def covered_items(store: Store, stage: Stage, settings: Settings) -> set[str]:
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One shard's items, and the shards of the stage's source table that hold them: a shard
-    reads those files only, so its read time does not grow with the corpus."""
+    """One shard's items, and the shards of the stage's source table (and of its lookup tables)
+    that hold them: a shard reads those files only, so its read time does not grow with the corpus."""
 
     stage: str
     shard_id: str
     item_ids: list[str]
     source_shards: list[str]
+    lookup_shards: dict[str, list[str]] = field(default_factory=dict)
+
+    def shards_of(self, table: str) -> list[str] | None:
+        """The shards of a lookup table this shard reads; None (read every shard) when the plan
+        recorded none, as plans written before lookups were recorded."""
+        return self.lookup_shards.get(table) or None
 
 
 def plan_stage(store: Store, stage: Stage, settings: Settings, candidates: Sequence[str], shard_size: int) -> list[str]:
@@ -51,9 +57,24 @@ def plan_stage(store: Store, stage: Stage, settings: Settings, candidates: Seque
     covered = covered_items(store, stage, settings)
     pending = [item for item in candidates if item not in covered]
     located = locate(store, stage, pending)
-    order = {shard: rank for rank, shard in enumerate(dict.fromkeys(located.get(i, "") for i in pending))}
-    pending.sort(key=lambda item: order[located.get(item, "")])  # stable: candidate order within a source shard
-    return write_plans(store, stage, pending, shard_size, stage.plan_key(settings), located)
+    looked_up = locate_lookups(store, stage, pending)
+
+    def group(item: str) -> tuple[str, tuple[str, ...]]:
+        return located.get(item, ""), tuple(looked_up.get(item, ()))
+
+    order = {key: rank for rank, key in enumerate(dict.fromkeys(map(group, pending)))}
+    pending.sort(key=lambda item: order[group(item)])  # stable: candidate order within a group of files
+    return write_plans(store, stage, pending, shard_size, stage.plan_key(settings), located, looked_up)
+
+
+def _select_in(store: Store, table: str, select: str, key: str, ids: Sequence[str], group_by: str = "") -> list:
+    """``SELECT select FROM table WHERE key IN ids`` (one scan of the table's files)."""
+    con = store.connect([table])
+    try:
+        con.register("_wanted", pa.table({"id": pa.array(list(ids), pa.string())}))
+        return con.sql(f"SELECT {select} FROM {table} WHERE {key} IN (SELECT id FROM _wanted) {group_by}").fetchall()
+    finally:
+        con.close()
 
 
 def locate(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, str]:
@@ -61,23 +82,35 @@ def locate(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, str
     if stage.source is None or not item_ids:
         return {}
     table, key = stage.source
-    con = store.connect([table])
-    try:
-        con.register("_wanted", pa.table({"id": pa.array(list(item_ids), pa.string())}))
-        rows = con.sql(f"SELECT {key}, any_value(shard_id) FROM {table} "
-                       f"WHERE {key} IN (SELECT id FROM _wanted) GROUP BY {key}").fetchall()
-    finally:
-        con.close()
-    return dict(rows)
+    return dict(_select_in(store, table, f"{key}, any_value(shard_id)", key, item_ids, f"GROUP BY {key}"))
+
+
+def locate_lookups(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Per item, the ``table:shard`` files holding the rows its stage's lookups read (one scan of
+    each lookup table's key column per stage and run)."""
+    found: dict[str, set[str]] = {}
+    for lookup in stage.lookups if item_ids else ():
+        if lookup.via is None:
+            keys_of = {item: [item] for item in item_ids}
+        else:
+            table, key = stage.source
+            keys_of = {item: (keys if isinstance(keys, list) else [keys]) for item, keys in
+                       _select_in(store, table, f"{key}, {lookup.via}", key, item_ids) if keys is not None}
+        wanted = sorted({k for keys in keys_of.values() for k in keys})
+        shards = dict(_select_in(store, lookup.table, f"{lookup.key}, list(DISTINCT shard_id)", lookup.key, wanted,
+                                 f"GROUP BY {lookup.key}")) if wanted else {}
+        for item, keys in keys_of.items():
+            found.setdefault(item, set()).update(f"{lookup.table}:{s}" for k in keys for s in shards.get(k, ()))
+    return {item: sorted(names) for item, names in found.items()}
 
 
 def write_plans(store: Store, stage: Stage, item_ids: Sequence[str], shard_size: int, key: Any,
-                located: dict[str, str] | None = None) -> list[str]:
+                located: dict[str, str] | None = None, looked_up: dict[str, list[str]] | None = None) -> list[str]:
     """Chunk item ids into shards named by their content and ``key``.
 
     A shard whose output already exists but whose items are uncovered again (their failures were
     cleared for a retry) gets a fresh id, so the retry is not mistaken for finished work."""
-    located = located or {}
+    located, looked_up = located or {}, looked_up or {}
     shard_ids = []
     for start in range(0, len(item_ids), shard_size):
         chunk = list(item_ids[start : start + shard_size])
@@ -87,9 +120,10 @@ def write_plans(store: Store, stage: Stage, item_ids: Sequence[str], shard_size:
             shard_id, attempt = f"{base}-r{attempt}", attempt + 1
         path = plan_path(store, stage.name, shard_id)
         if not store.exists(path):
-            store.write_parquet(path, pa.table({"item_id": pa.array(chunk, pa.string()),
-                                                "source_shard": pa.array([located.get(i) for i in chunk],
-                                                                         pa.string())}))
+            store.write_parquet(path, pa.table({
+                "item_id": pa.array(chunk, pa.string()),
+                "source_shard": pa.array([located.get(i) for i in chunk], pa.string()),
+                "lookup_shards": pa.array([looked_up.get(i, []) for i in chunk], pa.list_(pa.string()))}))
         shard_ids.append(shard_id)
     return shard_ids
 
@@ -97,8 +131,14 @@ def write_plans(store: Store, stage: Stage, item_ids: Sequence[str], shard_size:
 def read_plan(store: Store, stage: str, shard_id: str) -> ShardPlan:
     table = store.read_parquet_files([plan_path(store, stage, shard_id)])
     sources = table.column("source_shard").to_pylist() if "source_shard" in table.column_names else []
+    lookups: dict[str, set[str]] = {}
+    if "lookup_shards" in table.column_names:
+        for name in {n for names in table.column("lookup_shards").to_pylist() for n in names or ()}:
+            lookup_table, _, shard = name.partition(":")
+            lookups.setdefault(lookup_table, set()).add(shard)
     return ShardPlan(stage, shard_id, table.column("item_id").to_pylist(),
-                     sorted({s for s in sources if s is not None}))
+                     sorted({s for s in sources if s is not None}),
+                     {t: sorted(shards) for t, shards in lookups.items()})
 
 
 def select_documents(store: Store, settings: Settings) -> list[str]:

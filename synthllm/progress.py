@@ -98,7 +98,7 @@ class RunProgress:
     steps declared up front keep it from going backwards when later steps are planned."""
 
     def __init__(self, steps: dict[str, float] | None = None) -> None:
-        self.steps: dict[str, StepProgress] = {name: StepProgress(name, weight) for name, weight in (steps or {}).items()}
+        self.steps = {name: StepProgress(name, weight) for name, weight in (steps or {}).items()}
         self.notes: list[str] = []
         self.lock = threading.Lock()
 
@@ -156,7 +156,7 @@ class RunProgress:
                 for s in self.steps.values() for reason, count in s.failure_reasons.most_common()]
 
     def _emit(self, event: str, step: StepProgress) -> None:
-        for listener in list(_listeners):
+        for listener in _listeners:
             listener(event, step)
 
 
@@ -204,8 +204,8 @@ def summary_markdown(progress: RunProgress, report: RunReport, inline_images: bo
     lines += ["## Failures by reason", "", *markdown_table(progress.failure_rows()), ""]
     if report.export:
         per_level = ", ".join(f"level {k}: {v:,}" for k, v in sorted((report.export.get("per_level") or {}).items()))
-        lines += ["## Export", "", f"`{report.export['path']}`: {report.export.get('rows', 0):,} rows"
-                  f"{f' ({per_level})' if per_level else ''}.", ""]
+        levels = f" ({per_level})" if per_level else ""
+        lines += ["## Export", "", f"`{report.export['path']}`: {report.export.get('rows', 0):,} rows{levels}.", ""]
     for caption, png in report.images.items():
         source = png_data_uri(png) if inline_images else report.image_paths.get(caption, caption)
         stored = report.image_paths.get(caption)
@@ -236,6 +236,37 @@ class PlainLines:
 
 
 @contextmanager
+def _logs_above(console) -> Iterator[None]:
+    """Log handlers that print through a rich console (Prefect's) print above the live bars
+    instead of tearing them; restored afterwards."""
+    import logging
+
+    from rich.console import Console
+
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    swapped = [(h, h.console) for lg in loggers for h in lg.handlers if isinstance(getattr(h, "console", None), Console)]
+    for handler, _ in swapped:
+        handler.console = console
+    try:
+        yield
+    finally:
+        for handler, original in swapped:
+            handler.console = original
+
+
+def _bar_state(event: str, step: StepProgress) -> dict[str, Any]:
+    """Items when the step knows its total, else shards (ingest counts files, not records ahead)."""
+    if step.items_total:
+        done, total, unit = step.items_done, step.items_total, "items"
+    else:
+        done, total, unit = step.shards_done, step.shards_total, "shards"
+    if event == "close":
+        done = total = max(done, total)
+    return {"completed": done, "total": max(total, done, 1), "unit": unit}
+
+
+@contextmanager
 def live_display(console=None) -> Iterator[None]:
     """A rich progress bar per step (items done / total, rate, ETA, failures) while a flow
     runs in this process; plain lines instead when stdout is not a terminal."""
@@ -248,17 +279,17 @@ def live_display(console=None) -> Iterator[None]:
             yield
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed:,.0f}/{task.total:,.0f} items"),
-               TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(),
+               TextColumn("{task.completed:,.0f}/{task.total:,.0f} {task.fields[unit]}"),
+               TextColumn("{task.fields[rate]:.1f} items/s"), TimeRemainingColumn(),
                TextColumn("[red]{task.fields[failures]} failed"))
     tasks: dict[str, Any] = {}
-    with Progress(*columns, console=console, transient=False) as bars:
+    with Progress(*columns, console=console, transient=False) as bars, _logs_above(bars.console):
         def update(event: str, step: StepProgress) -> None:
+            state = _bar_state(event, step)
             if step.name not in tasks:
-                tasks[step.name] = bars.add_task(step.name, total=max(step.items_total, 1), rate=0.0, failures=0)
-            done = step.items_total if event == "close" else step.items_done
-            bars.update(tasks[step.name], total=max(step.items_total, done, 1), completed=done,
-                        rate=step.items_per_s, failures=step.failures)
+                tasks[step.name] = bars.add_task(step.name, total=state["total"], unit=state["unit"], rate=0.0,
+                                                 failures=0)
+            bars.update(tasks[step.name], **state, rate=step.items_per_s, failures=step.failures)
 
         with subscribed(update):
             yield

@@ -87,7 +87,8 @@ class StoreSettings(_Section):
 class EngineSettings(_Section):
     """One LLM engine. Stages never see which backend runs."""
 
-    backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
+    # standin: instant filler replies, for benchmarks and dry runs (synthllm/engines/standin.py)
+    backend: Literal["llamacpp", "openai", "vllm", "standin"] = "llamacpp"
     model: str = EMBEDDED_MODEL
     # openai backend
     base_url: str | list[str] | None = None

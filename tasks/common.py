@@ -100,8 +100,8 @@ def shard_task_options(store: Store, settings: Settings, cached: bool = True) ->
 
 
 def engine_tag(settings: Settings) -> str:
-    """What a shard task occupies: a GPU (vLLM), CPU cores (llama.cpp) or a server's capacity (openai)."""
-    return {"vllm": "gpu", "llamacpp": "cpu", "openai": "server"}[settings.engine.backend]
+    """What a shard task occupies: a GPU (vLLM), CPU cores (llama.cpp, the stand-in) or a server's capacity (openai)."""
+    return {"vllm": "gpu", "llamacpp": "cpu", "standin": "cpu", "openai": "server"}[settings.engine.backend]
 
 
 def make_task_runner(settings: Settings):

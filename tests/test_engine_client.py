@@ -7,13 +7,21 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 
 import pytest
 
-from synthllm.engines import LLM, ChatRequest, ChatResult, Completion, ScriptedEngine, usage_summary
+from synthllm.engines import (
+    LLM,
+    ChatRequest,
+    ChatResult,
+    Completion,
+    ScriptedEngine,
+    usage_summary,
+)
 from synthllm.engines.base import RunStopped, clear_stop, request_stop
 from synthllm.engines.client import retry_seed
-from synthllm.settings import EngineSettings
+from synthllm.settings import EngineSettings, StoreSettings
 from synthllm.store import Store, StoreError
 
 SCHEMA = {
@@ -53,6 +61,15 @@ def run(llm: LLM, requests: list[ChatRequest], shard_id: str = "s1", run_id: str
 @pytest.fixture
 def store(store_url: str) -> Store:
     return Store(store_url)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, store_url: str) -> Store:
+    """A local folder, then a real S3 endpoint (moto's server on 127.0.0.1)."""
+    if request.param == "local":
+        return Store(store_url)
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return Store(StoreSettings(url=f"s3://synthllm-test/{uuid.uuid4().hex}", s3_endpoint_url=endpoint))
 
 
 def test_valid_json_is_parsed_with_whitespace_and_fence_tolerated(store):
@@ -310,72 +327,74 @@ def cache_files(store: Store, shard_id: str = "s1") -> list[str]:
     return [f.rsplit("/", 1)[1] for f in store.glob(store.path("cache", "llm", "level1", shard_id, "*"))]
 
 
-def test_cache_flushes_on_time_while_replies_are_slow(store):
+def test_cache_flushes_on_time_while_replies_are_slow(any_store):
     """Fewer than cache_flush_every replies still reach the store within cache_flush_interval_s."""
     seen_in_store: list[int] = []
 
     def slow(request: ChatRequest) -> str:
         if question_of(request) == "3":  # the third reply is slow: the first two must be stored meanwhile
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and not store.glob(store.path("cache", "llm", "level1", "s1", "*")):
+            while time.monotonic() < deadline and not cache_files(any_store):
                 time.sleep(0.05)
-            parts = store.glob(store.path("cache", "llm", "level1", "s1", "part-*.parquet"))
-            seen_in_store.append(sum(store.read_parquet_file(p).num_rows for p in parts))
+            parts = any_store.glob(any_store.path("cache", "llm", "level1", "s1", "part-*.parquet"))
+            seen_in_store.append(sum(any_store.read_parquet_file(p).num_rows for p in parts))
         return answer_with_number(request)
 
     engine = ScriptedEngine(slow)
-    run(LLM(engine, store, settings(cache_flush_every=100, cache_flush_interval_s=0.2)), [ask("1"), ask("2"), ask("3")])
+    llm = LLM(engine, any_store, settings(cache_flush_every=100, cache_flush_interval_s=0.2))
+    run(llm, [ask("1"), ask("2"), ask("3")])
     assert seen_in_store == [2]
 
 
-def test_finished_shard_is_compacted_and_a_rerun_adds_to_it(store):
+def test_finished_shard_is_compacted_and_a_rerun_adds_to_it(any_store):
     engine = ScriptedEngine(answer_with_number)
-    run(LLM(engine, store, settings()), [ask(str(i)) for i in range(5)])
-    [first] = cache_files(store)
+    run(LLM(engine, any_store, settings()), [ask(str(i)) for i in range(5)])
+    [first] = cache_files(any_store)
     assert first.startswith("shard-")
-    results = run(LLM(engine, store, settings()), [ask(str(i)) for i in range(8)], run_id="run-b")
+    results = run(LLM(engine, any_store, settings()), [ask(str(i)) for i in range(8)], run_id="run-b")
     assert [r.cached for r in results] == [True] * 5 + [False] * 3
-    [second] = cache_files(store)
+    [second] = cache_files(any_store)
     assert second.startswith("shard-") and second != first
-    assert store.read_parquet_file(store.path("cache", "llm", "level1", "s1", second)).num_rows == 8
+    assert any_store.read_parquet_file(any_store.path("cache", "llm", "level1", "s1", second)).num_rows == 8
     assert engine.calls == 8
 
 
-def test_interrupted_compaction_leaves_readable_duplicates(store):
+def test_interrupted_compaction_leaves_readable_duplicates(any_store):
     """Parts and the compacted file side by side (killed between write and delete): deduped by key."""
     engine = ScriptedEngine(answer_with_number)
     requests = [ask(str(i)) for i in range(4)]
-    llm = LLM(engine, store, settings())
+    llm = LLM(engine, any_store, settings())
     run(llm, requests)
-    folder = store.path("cache", "llm", "level1", "s1")
-    [compacted] = store.glob(f"{folder}/*")
-    store.write_bytes(f"{folder}/part-copy.parquet", store.read_bytes(compacted))
+    folder = any_store.path("cache", "llm", "level1", "s1")
+    [compacted] = any_store.glob(f"{folder}/*")
+    any_store.write_bytes(f"{folder}/part-copy.parquet", any_store.read_bytes(compacted))
     results = run(llm, requests, run_id="run-b")
     assert all(r.cached for r in results) and engine.calls == 4
-    assert len(cache_files(store)) == 1
+    assert len(cache_files(any_store)) == 1
 
 
-def test_corrupt_cache_part_is_a_recorded_miss(store):
+def test_corrupt_cache_part_is_a_recorded_miss(any_store):
     engine = ScriptedEngine(answer_with_number)
     requests = [ask(str(i)) for i in range(4)]
-    run(LLM(engine, store, settings()), requests[:2])
-    folder = store.path("cache", "llm", "level1", "s1")
-    [good] = store.glob(f"{folder}/*")
-    data = store.read_bytes(good)
+    run(LLM(engine, any_store, settings()), requests[:2])
+    folder = any_store.path("cache", "llm", "level1", "s1")
+    [good] = any_store.glob(f"{folder}/*")
+    data = any_store.read_bytes(good)
     bad = f"{folder}/part-truncated.parquet"
-    store.write_bytes(bad, data[: len(data) // 2])
+    any_store.write_bytes(bad, data[: len(data) // 2])
 
     problems: list = []
-    results = LLM(engine, store, settings()).run(requests, stage="level1", shard_id="s1", run_id="run-b", problems=problems)
+    llm = LLM(engine, any_store, settings())
+    results = llm.run(requests, stage="level1", shard_id="s1", run_id="run-b", problems=problems)
     assert [r.parsed["answer"] for r in results] == [0, 1, 2, 3]
     assert [r.cached for r in results] == [True, True, False, False]
     [problem] = problems
     assert (problem.stage, problem.reason, problem.source) == ("level1", "cache_unreadable", bad)
     assert bad in problem.detail
     # kept for inspection under another name, out of every later lookup
-    assert sorted(cache_files(store))[0] == "part-truncated.parquet.corrupt"
+    assert min(cache_files(any_store)) == "part-truncated.parquet.corrupt"
     problems = []
-    LLM(engine, store, settings()).run(requests, stage="level1", shard_id="s1", run_id="run-c", problems=problems)
+    llm.run(requests, stage="level1", shard_id="s1", run_id="run-c", problems=problems)
     assert problems == [] and engine.calls == 4
 
 

@@ -37,7 +37,7 @@ def ingest_sample(store_url: str, sample_dir: Path) -> None:
 def scripted(store_url: str, responder=None, overrides=None) -> ScriptedEngine:
     settings = load_settings(overrides={**OVERRIDES, **(overrides or {})}, store=store_url)
     engine = ScriptedEngine(responder or PipelineResponder())
-    install_engine(Store(settings.store), settings.engine, engine)
+    install_engine(settings.engine, engine)
     return engine
 
 
@@ -136,7 +136,7 @@ def test_dead_engine_leaves_shard_unwritten(prefect_harness, sample_store: str) 
             return [ChatResult(error="engine_unreachable: connection refused") for _ in requests]
 
     settings = load_settings(overrides=overrides, store=sample_store)
-    install_engine(Store(sample_store), settings.engine, DeadEngine(PipelineResponder()))
+    install_engine(settings.engine, DeadEngine(PipelineResponder()))
     with pytest.raises(Exception, match="found no engine"):
         synthesize_flow(store=sample_store, overrides=overrides)
     store = Store(sample_store)

@@ -37,7 +37,7 @@ def ingest_documents(settings: StoreSettings, sample_dir: Path, tmp_path: Path, 
 def engine_for(settings: StoreSettings, responder, overrides: dict) -> ScriptedEngine:
     loaded = load_settings(overrides=overrides, store=settings.url)
     engine = ScriptedEngine(responder)
-    install_engine(Store(loaded.store), loaded.engine, engine)
+    install_engine(loaded.engine, engine)
     return engine
 
 
@@ -136,3 +136,15 @@ def test_raising_max_tokens_reasks_only_the_truncated_items(
     assert len(level1) == 2 and all(r.max_tokens == 2000 for r in level1)
     assert set(store.read_table("questions")["doc_ids"].explode()) == set(docs["doc_id"])
     assert engine.calls == 2 + store.read_table("answers").height - answered  # new questions' answers only
+
+
+def test_retry_failures_rejects_an_unknown_stage(store_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from synthllm.cli import app
+
+    Store(store_url).write_shard("failures", "level1-x", failure_rows(
+        [Failure("level1", "d", "invalid_json", "", None, "m", "level1_questions@1")], "level1-x", "r"))
+    result = CliRunner().invoke(app, ["retry-failures", "bogus", "--store", store_url])
+    assert result.exit_code == 2 and "unknown stage 'bogus'" in result.output and "level1" in result.output
+    assert Store(store_url).read_table("failures").height == 1

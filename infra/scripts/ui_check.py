@@ -45,7 +45,7 @@ from flows.synthesize import run_pipeline_flow
 overrides = {{"generation.max_documents": 8, "generation.shard_size": 3, "graph.epochs": 2,
              "curation.benchmarks": ["builtin:gsm8k"]}}
 settings = load_settings(overrides=overrides, store={store!r})
-install_engine(Store(settings.store), settings.engine, ScriptedEngine(PipelineResponder()))
+install_engine(settings.engine, ScriptedEngine(PipelineResponder()))
 state = run_pipeline_flow(sources={sources!r}, store={store!r}, overrides=overrides, return_state=True)
 state.result()
 print("FLOW_RUN_ID", state.state_details.flow_run_id)
@@ -53,7 +53,7 @@ print("FLOW_RUN_ID", state.state_details.flow_run_id)
 
 
 def run(command: list[str], env: dict[str, str], timeout: float) -> str:
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} failed ({done.returncode}):\n{done.stdout[-2000:]}"
                            f"\n{done.stderr[-4000:]}")
@@ -70,6 +70,7 @@ def scripted_run(env: dict[str, str], store: str) -> str:
 def deployment_run(env: dict[str, str], api: str) -> str:
     """Pools, the demo deployment, one worker, one run of it: what a UI user's first click does."""
     bin_dir = Path(sys.executable).parent
+    env = {**env, "PATH": f"{bin_dir}:{env.get('PATH', '')}"}
     run(["bash", "infra/scripts/setup-pools.sh", "--gpus", "1"], env, timeout=120)
     run([str(bin_dir / "prefect"), "--no-prompt", "deploy", "--name", "demo"], env, timeout=300)
     worker = subprocess.Popen([str(bin_dir / "prefect"), "worker", "start", "--pool", "synthllm-cpu", "--limit", "1"],
@@ -83,7 +84,10 @@ def deployment_run(env: dict[str, str], api: str) -> str:
             state = httpx.get(f"{api}/flow_runs/{flow_run['id']}", timeout=10).json()["state"]["type"]
             if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 if state != "COMPLETED":
-                    raise RuntimeError(f"the demo run ended {state}")
+                    logs = httpx.post(f"{api}/logs/filter", timeout=10, json={
+                        "logs": {"flow_run_id": {"any_": [flow_run["id"]]}}, "sort": "TIMESTAMP_ASC"}).json()
+                    tail = "\n".join(entry["message"][-1500:] for entry in logs[-8:])
+                    raise RuntimeError(f"the demo run ended {state}; its last log lines:\n{tail}")
                 return flow_run["id"]
             time.sleep(5)
         raise RuntimeError("the demo run did not finish in 30 minutes")
@@ -174,7 +178,7 @@ def main() -> int:
     mode.add_argument("--scripted", action="store_true", help="run the flow with the scripted engine")
     mode.add_argument("--deployment", action="store_true", help="run the synthllm-run/demo deployment on a worker")
     parser.add_argument("--store", default=None, help="store of the scripted run (default: a temporary folder)")
-    parser.add_argument("--screenshot", default="ui-check-run-page.png", help="PNG of the summary artifact page")
+    parser.add_argument("--screenshot", default="synthllm-data/ui-check/run-page.png", help="PNG of the summary artifact page")
     args = parser.parse_args()
 
     home = os.environ.get("PREFECT_HOME") or tempfile.mkdtemp(prefix="synthllm-ui-home-")
@@ -195,6 +199,7 @@ def main() -> int:
         report["artifacts"] = sorted(found)
         summary = found.get("synthllm-run-summary")
         screenshot = Path(args.screenshot).resolve()
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
         report.update(check_pages(record["ui_url"], flow_run_id, summary and summary["id"], screenshot))
         report["screenshots"] = [str(screenshot.with_name(screenshot.stem + "-artifacts.png")), str(screenshot)]
         report["ok"] = bool(summary) and report["page_lists_artifacts"] and report.get("summary_shows_image", False)

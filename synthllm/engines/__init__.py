@@ -21,12 +21,12 @@ from synthllm.engines.registry import make_engine
 from synthllm.engines.scripted import ScriptedEngine
 
 __all__ = [
+    "LLM",
     "ChatRequest",
     "ChatResult",
     "Completion",
     "Engine",
     "EngineAuthError",
-    "LLM",
     "RunStopped",
     "ScriptedEngine",
     "clear_stop",

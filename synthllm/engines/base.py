@@ -31,7 +31,7 @@ class ChatRequest:
     json_schema: dict[str, Any] | None = None
 
     @staticmethod
-    def of(messages: list[dict[str, str]], **kwargs: Any) -> "ChatRequest":
+    def of(messages: list[dict[str, str]], **kwargs: Any) -> ChatRequest:
         return ChatRequest(messages=tuple(dict(m) for m in messages), **kwargs)
 
 

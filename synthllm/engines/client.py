@@ -41,7 +41,13 @@ from typing import Any
 import jsonschema
 import polars as pl
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion, Engine, check_stop
+from synthllm.engines.base import (
+    ChatRequest,
+    ChatResult,
+    Completion,
+    Engine,
+    check_stop,
+)
 from synthllm.engines.cache import CACHE_UNREADABLE, ResponseCache, request_key
 from synthllm.engines.registry import make_engine
 from synthllm.resources import read_sql
@@ -49,7 +55,7 @@ from synthllm.runs import Failure
 from synthllm.settings import EngineSettings
 from synthllm.store import Store
 
-__all__ = ["LLM", "make_engine", "usage_summary", "ENGINE_UNREACHABLE", "RETRIED_REASONS", "retry_seed"]
+__all__ = ["ENGINE_UNREACHABLE", "LLM", "RETRIED_REASONS", "make_engine", "retry_seed", "usage_summary"]
 
 ENGINE_UNREACHABLE = "engine_unreachable"  # transient: the server was down; a rerun asks again
 INVALID_JSON = "invalid_json"
@@ -175,14 +181,14 @@ class _Batch:
         self.usage.cached = sum(key in self.final for key in keys)
         self.queue: deque[tuple[str, int]] = deque((key, 0) for key in self.first_index)
 
-    def take(self, count: int) -> tuple[list[tuple[str, int]], list[ChatRequest]]:
-        """The next ``count`` queued items and the requests to send (retries re-seeded)."""
+    def take(self, count: int, max_retries: int) -> _EngineCall:
+        """The next ``count`` queued items as one engine call (retries re-seeded)."""
         items = [self.queue.popleft() for _ in range(min(count, len(self.queue)))]
         sent = []
         for key, attempt in items:
             original = self.requests[self.first_index[key]]
             sent.append(original if attempt == 0 else dataclasses.replace(original, seed=retry_seed(original.seed, attempt)))
-        return items, sent
+        return _EngineCall(self, items, sent, max_retries)
 
     def accept(self, key: str, attempt: int, request: ChatRequest, output: ChatResult, max_retries: int) -> None:
         """Validate one engine result; cache it, queue a retry, or keep the failure."""
@@ -210,6 +216,25 @@ class _Batch:
             results.append(_copy(result) if key in seen else result)
             seen.add(key)
         return results
+
+
+class _EngineCall:
+    """One ``generate`` call: its results are accepted as the engine hands them over, or at the end."""
+
+    def __init__(self, batch: _Batch, items: list[tuple[str, int]], sent: list[ChatRequest], max_retries: int) -> None:
+        self.batch, self.items, self.sent, self.max_retries = batch, items, sent, max_retries
+        self.accepted = [False] * len(items)
+
+    def on_result(self, index: int, output: ChatResult) -> None:
+        self.accepted[index] = True
+        key, attempt = self.items[index]
+        self.batch.accept(key, attempt, self.sent[index], output, self.max_retries)
+
+    def accept_rest(self, outputs: list[ChatResult]) -> None:
+        """Results the engine returned without handing them over (an engine without ``on_result``)."""
+        for index, output in enumerate(outputs):
+            if not self.accepted[index]:
+                self.on_result(index, output)
 
 
 class LLM:
@@ -287,26 +312,19 @@ class LLM:
 
     def _generate_missing(self, batch: _Batch, stage: str, shard_id: str) -> None:
         """Feed the engine; failed items go back in the queue with a new seed."""
-        max_retries = self.settings.max_parse_retries
         while batch.queue:
             check_stop(f"{stage} shard {shard_id}")
-            items, sent = batch.take(self.chunk_size(len(batch.queue)))
-            accepted = [False] * len(items)
-
-            def on_result(index: int, output: ChatResult) -> None:
-                accepted[index] = True
-                key, attempt = items[index]
-                batch.accept(key, attempt, sent[index], output, max_retries)
-
-            outputs = self.engine.generate(sent, on_result=on_result) if self.streams else self.engine.generate(sent)
-            if len(outputs) != len(sent):
+            call = batch.take(self.chunk_size(len(batch.queue)), self.settings.max_parse_retries)
+            if self.streams:
+                outputs = self.engine.generate(call.sent, on_result=call.on_result)
+            else:
+                outputs = self.engine.generate(call.sent)
+            if len(outputs) != len(call.sent):
                 raise RuntimeError(
                     f"engine {self.engine.backend}:{self.engine.model_id} returned {len(outputs)} results "
-                    f"for {len(sent)} requests"
+                    f"for {len(call.sent)} requests"
                 )
-            for index, output in enumerate(outputs):
-                if not accepted[index]:
-                    on_result(index, output)
+            call.accept_rest(outputs)
 
     def _write_usage(
         self,

@@ -23,7 +23,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion, OnResult, check_stop, stop_requested
+from synthllm.engines.base import (
+    ChatRequest,
+    ChatResult,
+    Completion,
+    OnResult,
+    check_stop,
+    stop_requested,
+)
 from synthllm.engines.registry import gguf_model_id, gguf_path
 from synthllm.settings import EngineSettings
 
@@ -36,10 +43,10 @@ INVALID_REQUEST = "invalid_request"
 
 @dataclass(frozen=True)
 class _LoadedModel:
-    llama: "Llama"
+    llama: Llama
     # A Llama context holds one sequence: two threads generating at once would corrupt it.
     lock: threading.Lock
-    logits_processors: list["_StopBetweenTokens"]
+    logits_processors: list[_StopBetweenTokens]
 
 
 _models: dict[tuple[str, int, int], _LoadedModel] = {}
@@ -66,7 +73,7 @@ class _StopBetweenTokens:
     llama-cpp-python swallows exceptions raised in its callbacks, so the abort goes through
     llama.cpp's own abort callback (set on the context only while a stop is pending)."""
 
-    def __init__(self, llama: "Llama") -> None:
+    def __init__(self, llama: Llama) -> None:
         import llama_cpp
 
         self._llama_cpp = llama_cpp

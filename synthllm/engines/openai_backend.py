@@ -34,8 +34,15 @@ from typing import Any
 import aiohttp
 import orjson
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion, EngineAuthError, OnResult, check_stop
-from synthllm.settings import EngineSettings
+from synthllm.engines.base import (
+    ChatRequest,
+    ChatResult,
+    Completion,
+    EngineAuthError,
+    OnResult,
+    check_stop,
+)
+from synthllm.settings import SECRET_ENV, EngineSettings
 
 ENGINE_UNREACHABLE = "engine_unreachable"
 INVALID_REQUEST = "invalid_request"
@@ -108,9 +115,11 @@ class _Replicas:
 def api_key_source(settings: EngineSettings) -> str:
     """Where the key came from, in words, for errors (never the key itself)."""
     key = settings.api_key.get_secret_value()
-    for variable in ("SYNTHLLM_ENGINE__API_KEY", "OPENAI_API_KEY"):
+    for variable in SECRET_ENV.values():
         if os.environ.get(variable) == key:
-            return f"the {variable} environment variable"
+            return f"the {variable} environment variable (set there, or exported from the config file or --set)"
+    if os.environ.get("OPENAI_API_KEY") == key:
+        return "the OPENAI_API_KEY environment variable"
     if key == "EMPTY":
         return "no key configured (the placeholder 'EMPTY' was sent; set OPENAI_API_KEY or engine.api_key)"
     return "engine.api_key in the settings (config file or an override)"
@@ -249,7 +258,7 @@ class OpenAIEngine:
         try:
             async with session.post(endpoint, data=payload) as response:
                 return response.status, response.headers, await response.read()
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise _TransportError(
                 f"APITimeoutError: no reply from {endpoint} within {self.settings.request_timeout_s} s"
             ) from exc

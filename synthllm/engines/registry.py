@@ -64,6 +64,10 @@ def _create_engine(settings: EngineSettings) -> Engine:
         from synthllm.engines.vllm_backend import VLLMEngine
 
         return VLLMEngine(settings)
+    if settings.backend == "standin":
+        from synthllm.engines.standin import StandInEngine
+
+        return StandInEngine(settings)
     raise ValueError(f"unknown engine backend {settings.backend!r}")
 
 
@@ -76,4 +80,6 @@ def engine_model_id(settings: EngineSettings) -> str:
         from synthllm.engines.vllm_backend import model_id
 
         return model_id(settings.model)
+    if settings.backend == "standin":
+        return f"standin:{settings.model}"
     return settings.model

@@ -21,7 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion, OnResult, check_stop
+from synthllm.engines.base import (
+    ChatRequest,
+    ChatResult,
+    Completion,
+    OnResult,
+    check_stop,
+)
 
 CHARS_PER_TOKEN = 4
 

@@ -44,6 +44,16 @@ class Provenance:
         return Provenance(version, model, json.dumps(params, sort_keys=True))
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """Rows of another table a stage's shard reads by key. Planning records which shards hold
+    them, so the shard reads those files only (``plan.shards_of(table)``), not the whole table."""
+
+    table: str
+    key: str  # key column of ``table``
+    via: str | None = None  # column of the source row holding the keys (a list or one id); None: the item id
+
+
 @dataclass
 class PlanState:
     """What earlier stages of this run decided, for later stages' planning."""
@@ -72,6 +82,7 @@ class Stage:
     row_filter: ClassVar[str] = "TRUE"  # which rows of ``table`` are this stage's
     after: ClassVar[tuple[str, ...]] = ()  # stages that must finish first (when enabled)
     source: ClassVar[tuple[str, str] | None] = None  # (table, key column) the items are rows of
+    lookups: ClassVar[tuple[Lookup, ...]] = ()  # other tables a shard reads by key (located at planning)
     flow: ClassVar[str] = "synthesize"  # the flow whose registry walk runs it
     level: ClassVar[int | None] = None  # question stages: the level they write
     group_by: ClassVar[str | None] = None  # question stages: "doc" or "combo" (diversity groups)

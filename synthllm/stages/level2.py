@@ -10,7 +10,7 @@ from synthllm.plans import ShardPlan, fetch_rows
 from synthllm.resources import read_sql
 from synthllm.runs import Failure
 from synthllm.settings import Settings
-from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs
+from synthllm.stages.base import LLMStage, Lookup, PlanState, Provenance, ShardInputs
 from synthllm.stages.common import documents, excerpt, make_request, no_questions, question_rows, request_seed
 from synthllm.store import Store
 
@@ -21,6 +21,7 @@ class Level2Stage(LLMStage):
     table = "questions"
     item_key = "doc_id"
     source = ("documents", "doc_id")
+    lookups = (Lookup("document_concepts", "doc_id"),)
     item_column = "doc_ids[1]"
     row_filter = "level = 2"
     after = ("concepts",)
@@ -38,7 +39,8 @@ class Level2Stage(LLMStage):
         return [d for d in state.doc_ids if d in ready]
 
     def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
-        links = fetch_rows(store, "document_concepts", "doc_id", plan.item_ids, "doc_id, kc_id, kc_surface")
+        links = fetch_rows(store, "document_concepts", "doc_id", plan.item_ids, "doc_id, kc_id, kc_surface",
+                           plan.shards_of("document_concepts"))
         concepts: dict[str, dict[str, str]] = {}
         for doc_id, kc_id, surface in links.drop_nulls("kc_id").iter_rows():
             concepts.setdefault(doc_id, {}).setdefault(kc_id, surface)

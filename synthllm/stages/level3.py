@@ -11,7 +11,7 @@ from synthllm.plans import ShardPlan, fetch_rows, fetch_source
 from synthllm.resources import read_sql
 from synthllm.runs import Failure
 from synthllm.settings import Settings
-from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs
+from synthllm.stages.base import LLMStage, Lookup, PlanState, Provenance, ShardInputs
 from synthllm.stages.common import excerpt, make_request, no_questions, question_rows, request_seed
 from synthllm.store import Store
 
@@ -30,6 +30,7 @@ class Level3Stage(LLMStage):
     table = "questions"
     item_key = "combo_id"
     source = ("concept_combinations", "combo_id")
+    lookups = (Lookup("documents", "doc_id", via="ref_doc_ids"),)  # the reference documents
     item_column = "combo_id"
     row_filter = "level = 3"
     after = ("graph",)
@@ -50,7 +51,8 @@ class Level3Stage(LLMStage):
     def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
         combos = fetch_source(store, self, plan).to_dicts()
         ref_ids = sorted({d for c in combos for d in c["ref_doc_ids"]})
-        texts = dict(fetch_rows(store, "documents", "doc_id", ref_ids, "doc_id, text").iter_rows())
+        texts = dict(fetch_rows(store, "documents", "doc_id", ref_ids, "doc_id, text",
+                                plan.shards_of("documents")).iter_rows())
         concept_ids = sorted({c for combo in combos for c in combo["topics"] + combo["kcs"]})
         names = {cid: (forms[0] if forms else name) for cid, name, forms in
                  fetch_rows(store, "concepts", "concept_id", concept_ids, "concept_id, name, surface_forms").iter_rows()}

@@ -42,6 +42,7 @@ class ShardSummary:
     completion_tokens: int = 0
     skipped: bool = False
     seconds: float = 0.0
+    read_seconds: float = 0.0  # reading the plan and the inputs: must not grow with the corpus
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,7 +67,8 @@ def run_shard(store: Store, settings: Settings, run_id: str, stage: Stage, shard
         return ShardSummary(stage.name, shard_id, skipped=True)
     started = time.perf_counter()
     inputs = stage.load(store, settings, read_plan(store, stage.name, shard_id))
-    summary = ShardSummary(stage.name, shard_id, items=len(inputs.items) + len(inputs.failures))
+    summary = ShardSummary(stage.name, shard_id, items=len(inputs.items) + len(inputs.failures),
+                           read_seconds=round(time.perf_counter() - started, 4))
     if isinstance(stage, LLMStage):
         rows, failures, model = _run_llm(store, settings, run_id, stage, shard_id, inputs.items, engine_slot, summary)
     elif isinstance(stage, RuleStage):
@@ -90,8 +92,9 @@ def _run_llm(store: Store, settings: Settings, run_id: str, stage: LLMStage, sha
              summary: ShardSummary) -> tuple[list[dict[str, Any]], list[Failure], str]:
     llm = POOL.open(store, stage.engine(settings))
     requests = [stage.request(item, settings) for item in items]
+    unreadable_cache: list[Failure] = []  # corrupt response-cache parts: read as misses, recorded
     with POOL.batch_slot(llm), engine_slot():
-        results = llm.run(requests, stage=stage.name, shard_id=shard_id, run_id=run_id)
+        results = llm.run(requests, stage=stage.name, shard_id=shard_id, run_id=run_id, problems=unreadable_cache)
     unreachable = [r.error for r in results if r.error and r.error.startswith(ENGINE_UNREACHABLE)]
     if unreachable:
         raise EngineUnavailable(f"{stage.name} shard {shard_id}: {len(unreachable)} of {len(results)} requests "
@@ -101,7 +104,7 @@ def _run_llm(store: Store, settings: Settings, run_id: str, stage: LLMStage, sha
     summary.completion_tokens = sum(r.completion_tokens for r in results if not r.cached)
     origins = [Provenance.of(version, model, request) for request in requests]
     rows, failures = rows_and_failures(stage, settings, items, results, origins, model)
-    return rows, failures, model
+    return rows, unreadable_cache + failures, model
 
 
 def rows_and_failures(stage: LLMStage, settings: Settings, items: list[dict[str, Any]], results: list[ChatResult],

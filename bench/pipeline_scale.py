@@ -1,0 +1,396 @@
+"""Benchmark: the real flows at scale -- what the coordinator, the store and Prefect cost around the LLM.
+
+Three parts, one JSON object on stdout (issue 13):
+
+- ``standin``: ingest -> synthesize -> curate -> export (filter off) on a generated maths-ish corpus
+  with the instant stand-in engine (``engine.backend: standin``) at each ``--documents`` size:
+  requests/s, CPU ms per request (this flow process and its children), wall and CPU per phase, wall
+  per stage (from Prefect's task runs), per-shard read time of the inputs (must stay flat), Prefect
+  overhead per shard task (the task's wall minus the shard body's own seconds), store files, peak
+  RSS; growth factors between the sizes.
+- ``replicas``: N fake OpenAI-compatible servers, each its own process on 127.0.0.1 with a fixed
+  service rate (``--rate`` replies/s with ``--capacity`` in flight), the synthesize flow with
+  ``engine.backend: openai`` over all N: how busy the replicas stay and the speed-up over N = 1
+  (weak scaling: ``--replica-documents`` documents per replica, so every N runs about as long).
+- ``workers``: the synthesize flow on the Dask task runner with 2 worker processes vs 1 (stand-in).
+
+Each measured run is a child process with its own Prefect home (an ephemeral API of its own), so
+peak RSS and CPU are per run. The default run takes about ten minutes on 2 cores; the big size goes
+separately::
+
+    python bench/pipeline_scale.py                                   # 10k documents, N = 1, 4, 8, workers
+    python bench/pipeline_scale.py --parts standin --documents 10000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ROOTS = ("algebra", "matrix", "vector", "integral", "derivative", "limit", "series", "sequence", "function",
+         "polynomial", "equation", "inequality", "triangle", "circle", "parabola", "ellipse", "hyperbola", "angle",
+         "radius", "tangent", "secant", "cosine", "sine", "logarithm", "exponent", "fraction", "decimal",
+         "percent", "ratio", "proportion", "probability", "variance", "median", "average", "graph", "vertex",
+         "edge", "prime", "divisor", "multiple", "factor", "remainder", "modulus", "congruence", "permutation",
+         "combination", "binomial", "theorem", "lemma", "proof", "induction", "symmetry", "rotation",
+         "reflection", "translation", "volume", "surface", "perimeter", "area", "length", "slope",
+         "intercept", "asymptote", "domain", "range", "inverse", "composition", "determinant", "eigenvalue",
+         "gradient", "optimum", "minimum", "maximum", "convexity", "interval", "boundary", "rational",
+         "irrational", "complex", "integer", "quotient", "product", "summation", "recursion", "geometric",
+         "arithmetic", "harmonic", "quadratic", "cubic", "linear", "matrix")
+PREFIXES = ("", "hyper", "poly", "semi", "quasi", "multi", "sub", "co", "bi", "tri", "para", "ortho")
+VOCABULARY = sorted({f"{p}{r}" for p in PREFIXES for r in ROOTS})
+TOPICS = 400  # documents of one topic share most of their words: the concept graph has structure
+
+
+def document_text(index: int) -> str:
+    """A deterministic maths-like document of 1-3k characters: definitions, equations, worked examples."""
+    rng = random.Random(index)
+    topic = index % TOPICS
+    words = [VOCABULARY[(topic * 17 + k * 7) % len(VOCABULARY)] for k in range(24)] + rng.sample(VOCABULARY, 8)
+    target = rng.randint(1000, 3000)
+    parts: list[str] = []
+    while sum(map(len, parts)) < target:
+        a, b, c = rng.sample(words, 3)
+        x, y, z = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 9)
+        parts.append(rng.choice((
+            f"The {a} of a {b} is defined through its {c}.",
+            f"Solve {z}x + {x} = {y} for x, then check the {a} of the result.",
+            f"Example: a {a} with {b} {x} and {c} {y} has {x * y} in total.",
+            f"Theorem: every {a} admits a {b} whenever the {c} is bounded by {z}.",
+            f"If f(x) = {z}x^2 - {x}x + {y}, the {a} at x = {z} equals {z * z * z - x * z + y}.",
+        )))
+    return " ".join(parts)
+
+
+def write_corpus(path: Path, documents: int) -> None:
+    with path.open("w") as out:
+        for index in range(documents):
+            out.write(json.dumps({"id": f"doc-{index:07d}", "text": document_text(index)}) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- measuring
+class CpuMeter:
+    """CPU seconds of this process and its children (live ones by pid, exited ones via rusage)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+
+    def snapshot(self) -> tuple[dict[int, float], float]:
+        live = {}
+        for proc in [self.me, *self.me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                live[proc.pid] = times.user + times.system
+            except Exception:  # noqa: BLE001 - a child that just exited
+                continue
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return live, reaped.ru_utime + reaped.ru_stime
+
+    @staticmethod
+    def since(start: tuple[dict[int, float], float], end: tuple[dict[int, float], float]) -> float:
+        live = sum(cpu - start[0].get(pid, 0.0) for pid, cpu in end[0].items())
+        return round(live + end[1] - start[1], 2)
+
+
+class Phases:
+    """Wall and CPU seconds per phase of one run."""
+
+    def __init__(self) -> None:
+        self.meter, self.figures = CpuMeter(), {}
+
+    def run(self, name: str, call):
+        start, began = self.meter.snapshot(), time.perf_counter()
+        value = call()
+        self.figures[name] = {"wall_s": round(time.perf_counter() - began, 2),
+                              "cpu_s": self.meter.since(start, self.meter.snapshot())}
+        return value
+
+
+def record_shards() -> list[dict[str, Any]]:
+    """Shard summaries of tasks run in this process (thread runner): the bench observes, the flow is unchanged."""
+    import tasks.generation as generation
+
+    recorded: list[dict[str, Any]] = []
+    inner = generation.run_shard
+
+    def recording(*args, **kwargs):
+        summary = inner(*args, **kwargs)
+        recorded.append(summary.as_dict())
+        return summary
+
+    generation.run_shard = recording
+    return recorded
+
+
+def task_runs(flow_run_id) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs: list[Any] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                         limit=200, offset=len(runs))
+            runs += page
+            if len(page) < 200:
+                return runs
+
+
+def shard_figures(runs: list[Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per stage: wall (first start to last end of its tasks), body seconds, read time per shard; and
+    Prefect's overhead per shard task (its wall from Pending to Completed minus the body's seconds)."""
+    body = {f"{s['stage']}:{s['shard_id']}": s for s in shards}
+    stages: dict[str, dict[str, Any]] = {}
+    overheads = []
+    for run in runs:
+        summary = body.get(run.name)
+        if summary is None or run.start_time is None or run.end_time is None:
+            continue
+        began = min(run.created or run.start_time, run.start_time)
+        overheads.append((run.end_time - began).total_seconds() - summary["seconds"])
+        entry = stages.setdefault(summary["stage"], {"first": run.start_time, "last": run.end_time, "shards": []})
+        entry["first"], entry["last"] = min(entry["first"], run.start_time), max(entry["last"], run.end_time)
+        entry["shards"].append(summary)
+    out = {}
+    for name, entry in stages.items():
+        reads = [s["read_seconds"] for s in entry["shards"]]
+        out[name] = {"shards": len(entry["shards"]), "items": sum(s["items"] for s in entry["shards"]),
+                     "wall_s": round((entry["last"] - entry["first"]).total_seconds(), 2),
+                     "body_s": round(sum(s["seconds"] for s in entry["shards"]), 2),
+                     "read_s_median": round(statistics.median(reads), 4), "read_s_max": round(max(reads), 4)}
+    overheads.sort()
+    prefect = ({"tasks": len(overheads), "mean_s": round(statistics.fmean(overheads), 4),
+                "median_s": round(statistics.median(overheads), 4),
+                "p95_s": round(overheads[int(0.95 * (len(overheads) - 1))], 4)} if overheads else {})
+    return {"stages": out, "prefect_overhead_per_shard": prefect}
+
+
+def store_files(store: Path) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for path in store.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(store).parts
+            counts["/".join(rel[:2]) if rel[0] in ("tables", "cache") else rel[0]] += 1
+    return {"total": sum(counts.values()), **dict(counts.most_common(8))}
+
+
+# ---------------------------------------------------------------------------------------- child runs
+def child_run(args: argparse.Namespace) -> dict[str, Any]:
+    """One measured run in this (child) process; ``--mode`` picks the engine and the flows."""
+    from prefect import flow
+
+    from flows.ingest import ingest_flow
+    from flows.synthesize import synthesize_flow
+    from synthllm.store import Store
+
+    @flow
+    def warm_up() -> None:
+        """Starts the ephemeral Prefect API outside the timed phases."""
+
+    warm_up()
+    work = Path(args.workdir)
+    corpus, store = work / "corpus.jsonl", str(work / "store")
+    write_corpus(corpus, args.documents)
+    overrides: dict[str, Any] = {"filter.enabled": False, "orchestration.task_runner": args.task_runner,
+                                 "orchestration.task_workers": args.task_workers}
+    if args.mode == "openai":
+        overrides |= {"engine.backend": "openai", "engine.base_url": args.base_urls, "engine.model": "fake-model",
+                      "engine.max_concurrency": args.capacity}
+    else:
+        overrides["engine.backend"] = "standin"
+    shards = record_shards()
+    phases = Phases()
+    phases.run("ingest", lambda: ingest_flow([str(corpus)], store=store, overrides=overrides))
+    state = phases.run("synthesize", lambda: synthesize_flow(store=store, overrides=overrides, return_state=True))
+    state.result()
+    if args.full:
+        from flows.curate import curate_flow, export_flow
+
+        phases.run("curate", lambda: curate_flow(store=store, overrides=overrides))
+        phases.run("export", lambda: export_flow(store=store, overrides=overrides))
+    usage = Store(store).query("SELECT stage, sum(requests) AS requests, sum(calls) AS calls FROM llm_usage "
+                               "GROUP BY stage ORDER BY stage", tables=["llm_usage"]).to_dicts()
+    questions = Store(store).query("SELECT level, count(*) AS n FROM questions GROUP BY level ORDER BY level",
+                                   tables=["questions"]).to_dicts()
+    calls = sum(row["calls"] for row in usage)
+    synth = phases.figures["synthesize"]
+    children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "documents": args.documents, "llm_requests": calls, "requests_by_stage": {r["stage"]: r["calls"] for r in usage},
+        "questions_by_level": {r["level"]: r["n"] for r in questions},
+        "synthesize_requests_per_s": round(calls / synth["wall_s"], 1),
+        "synthesize_cpu_ms_per_request": round(1000 * synth["cpu_s"] / calls, 3),
+        "phases": phases.figures,
+        "total_wall_s": round(sum(p["wall_s"] for p in phases.figures.values()), 2),
+        "total_cpu_s": round(sum(p["cpu_s"] for p in phases.figures.values()), 2),
+        **shard_figures(task_runs(state.state_details.flow_run_id), shards),
+        "store_files": store_files(Path(store)),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "children_peak_rss_mb": round(children_rss / 1024),
+    }
+
+
+def spawn(args: list[str], workdir: Path, timeout_s: float) -> dict[str, Any]:
+    """Run one measured run as a child process with its own Prefect home; its JSON result."""
+    out = workdir / "result.json"
+    env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect"), "PYTHONPATH": str(REPO),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    with (workdir / "child.log").open("w") as log:
+        subprocess.run([sys.executable, __file__, "child", "--workdir", str(workdir), "--out", str(out), *args],
+                       env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=True)
+    return json.loads(out.read_text())
+
+
+def serve_replica(args: argparse.Namespace) -> None:
+    """A fixed-rate OpenAI-compatible replica answering SynthLLM prompts like the stand-in engine."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fake_openai_server import FakeOpenAIServer
+    from openai_pipeline import request_of
+
+    from synthllm.engines.standin import reply
+
+    server = FakeOpenAIServer(lambda body: reply(request_of(body)), rate=args.rate, capacity=args.capacity).start()
+    print(server.base_url, flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    server.stop()
+
+
+# ---------------------------------------------------------------------------------------- the parts
+def growth(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ratios between consecutive sizes: documents, wall, CPU, requests/s, files, per-shard read time."""
+    out = {}
+    for small, big in zip(runs, runs[1:]):
+        reads = {stage: round(big["stages"][stage]["read_s_median"] / max(figs["read_s_median"], 1e-4), 2)
+                 for stage, figs in small["stages"].items() if stage in big["stages"]}
+        out[f"{small['documents']}->{big['documents']}"] = {
+            "documents": round(big["documents"] / small["documents"], 2),
+            "total_wall": round(big["total_wall_s"] / small["total_wall_s"], 2),
+            "total_cpu": round(big["total_cpu_s"] / small["total_cpu_s"], 2),
+            "synthesize_wall": round(big["phases"]["synthesize"]["wall_s"] / small["phases"]["synthesize"]["wall_s"], 2),
+            "llm_requests": round(big["llm_requests"] / small["llm_requests"], 2),
+            "store_files": round(big["store_files"]["total"] / small["store_files"]["total"], 2),
+            "per_shard_read_median": reads,
+        }
+    return out
+
+
+def part_standin(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    runs = []
+    for documents in args.documents:
+        work = root / f"standin-{documents}"
+        work.mkdir()
+        runs.append(spawn(["--mode", "standin", "--documents", str(documents), "--full"], work, args.timeout_s))
+    return {"runs": runs, "growth": growth(runs),
+            "targets": {"per_shard_read": "flat +-25% (ratio 0.75-1.25)", "prefect_overhead_per_shard": "<= 0.1 s",
+                        "total_wall growth for 10x documents": "<= 11"}}
+
+
+def part_replicas(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    runs = []
+    for count in args.replicas:
+        work = root / f"replicas-{count}"
+        work.mkdir()
+        servers = [subprocess.Popen([sys.executable, __file__, "serve", "--rate", str(args.rate), "--capacity",
+                                     str(args.capacity)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)}) for _ in range(count)]
+        try:
+            urls = [server.stdout.readline().strip() for server in servers]
+            documents = args.replica_documents * count
+            run = spawn(["--mode", "openai", "--documents", str(documents), "--capacity", str(args.capacity),
+                         "--base-urls", *urls], work, args.timeout_s)
+            stats = [json.loads(urllib.request.urlopen(url.removesuffix("/v1") + "/stats").read()) for url in urls]
+        finally:
+            for server in servers:
+                server.stdin.close()
+                server.wait(30)
+        busy = [s["busy_share"] for s in stats]
+        ideal = count * args.rate
+        runs.append({"replicas": count, "documents": documents, "llm_requests": run["llm_requests"],
+                     "synthesize": run["phases"]["synthesize"], "requests_per_s": run["synthesize_requests_per_s"],
+                     "share_of_ideal_rate": round(run["synthesize_requests_per_s"] / ideal, 3),
+                     "busy_share_mean": round(statistics.fmean(busy), 3), "busy_share_min": round(min(busy), 3),
+                     "max_in_flight_per_replica": max(s["max_in_flight"] for s in stats),
+                     "stage_wall_s": {k: v["wall_s"] for k, v in run["stages"].items()},
+                     "cpu_ms_per_request": run["synthesize_cpu_ms_per_request"]})
+    base = runs[0]["requests_per_s"]
+    for run in runs:
+        run["speedup"] = round(run["requests_per_s"] / base, 2)
+    return {"rate_per_replica": args.rate, "capacity_per_replica": args.capacity, "runs": runs,
+            "targets": {"busy_share": ">= 0.9", "speedup": "~N"}}
+
+
+def part_workers(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    runs = {}
+    for workers in (1, 2):
+        work = root / f"workers-{workers}"
+        work.mkdir()
+        run = spawn(["--mode", "standin", "--documents", str(args.worker_documents), "--task-runner", "dask",
+                     "--task-workers", str(workers)], work, args.timeout_s)
+        runs[workers] = {"synthesize": run["phases"]["synthesize"], "llm_requests": run["llm_requests"],
+                         "requests_per_s": run["synthesize_requests_per_s"]}
+    return {"documents": args.worker_documents, "task_runner": "dask", "runs": runs,
+            "speedup_2_vs_1": round(runs[1]["synthesize"]["wall_s"] / runs[2]["synthesize"]["wall_s"], 2),
+            "targets": {"speedup_2_vs_1": ">= 1.7 on 2 cores"}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    child = sub.add_parser("child")
+    child.add_argument("--workdir", required=True)
+    child.add_argument("--out", required=True)
+    child.add_argument("--mode", choices=["standin", "openai"], default="standin")
+    child.add_argument("--documents", type=int, required=True)
+    child.add_argument("--full", action="store_true", help="curate and export too")
+    child.add_argument("--task-runner", default="thread")
+    child.add_argument("--task-workers", type=int, default=2)
+    child.add_argument("--capacity", type=int, default=64)
+    child.add_argument("--base-urls", nargs="*", default=[])
+    serve = sub.add_parser("serve")
+    serve.add_argument("--rate", type=float, required=True)
+    serve.add_argument("--capacity", type=int, default=64)
+    parser.add_argument("--parts", nargs="+", default=["standin", "replicas", "workers"],
+                        choices=["standin", "replicas", "workers"])
+    parser.add_argument("--documents", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--rate", type=float, default=50.0, help="replies/s per replica with every slot busy")
+    parser.add_argument("--capacity", type=int, default=64, help="requests in flight per replica")
+    parser.add_argument("--replica-documents", type=int, default=200, help="documents per replica")
+    parser.add_argument("--worker-documents", type=int, default=3000)
+    parser.add_argument("--timeout-s", type=float, default=7200)
+    args = parser.parse_args()
+    if args.command == "child":
+        Path(args.out).write_text(json.dumps(child_run(args)))
+        return
+    if args.command == "serve":
+        serve_replica(args)
+        return
+    parts = {"standin": part_standin, "replicas": part_replicas, "workers": part_workers}
+    started = time.perf_counter()
+    result: dict[str, Any] = {"benchmark": "pipeline_scale", "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="pipeline-scale-") as tmp:
+        for name in args.parts:
+            result[name] = parts[name](args, Path(tmp))
+    result["bench_wall_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
