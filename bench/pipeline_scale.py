@@ -25,6 +25,7 @@ separately::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -38,6 +39,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("algebra", "matrix", "vector", "integral", "derivative", "limit", "series", "sequence", "function",
@@ -87,8 +90,6 @@ class CpuMeter:
     """CPU seconds of this process and its children (live ones by pid, exited ones via rusage)."""
 
     def __init__(self) -> None:
-        import psutil
-
         self.me = psutil.Process()
 
     def snapshot(self) -> tuple[dict[int, float], float]:
@@ -97,7 +98,7 @@ class CpuMeter:
             try:
                 times = proc.cpu_times()
                 live[proc.pid] = times.user + times.system
-            except Exception:  # noqa: BLE001 - a child that just exited
+            except psutil.Error:  # a child that just exited
                 continue
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         return live, reaped.ru_utime + reaped.ru_stime
@@ -124,7 +125,7 @@ class Phases:
 
 def record_shards() -> list[dict[str, Any]]:
     """Shard summaries of tasks run in this process (thread runner): the bench observes, the flow is unchanged."""
-    import tasks.generation as generation
+    from tasks import generation
 
     recorded: list[dict[str, Any]] = []
     inner = generation.run_shard
@@ -224,7 +225,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
 
         phases.run("curate", lambda: curate_flow(store=store, overrides=overrides))
         phases.run("export", lambda: export_flow(store=store, overrides=overrides))
-    usage = Store(store).query("SELECT stage, sum(requests) AS requests, sum(calls) AS calls FROM llm_usage "
+    usage = Store(store).query("SELECT stage, sum(requests)::BIGINT AS requests, sum(calls)::BIGINT AS calls FROM llm_usage "
                                "GROUP BY stage ORDER BY stage", tables=["llm_usage"]).to_dicts()
     questions = Store(store).query("SELECT level, count(*) AS n FROM questions GROUP BY level ORDER BY level",
                                    tables=["questions"]).to_dicts()
@@ -252,9 +253,13 @@ def spawn(args: list[str], workdir: Path, timeout_s: float) -> dict[str, Any]:
     env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect"), "PYTHONPATH": str(REPO),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    with (workdir / "child.log").open("w") as log:
-        subprocess.run([sys.executable, __file__, "child", "--workdir", str(workdir), "--out", str(out), *args],
-                       env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=True)
+    log_path = workdir / "child.log"
+    with log_path.open("w") as log:
+        code = subprocess.run([sys.executable, __file__, "child", "--workdir", str(workdir), "--out", str(out), *args],
+                              env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+                              check=False).returncode
+    if code != 0:
+        raise RuntimeError(f"run {args} failed (exit {code}); its log ends:\n{log_path.read_text()[-3000:]}")
     return json.loads(out.read_text())
 
 
@@ -276,7 +281,7 @@ def serve_replica(args: argparse.Namespace) -> None:
 def growth(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Ratios between consecutive sizes: documents, wall, CPU, requests/s, files, per-shard read time."""
     out = {}
-    for small, big in zip(runs, runs[1:]):
+    for small, big in itertools.pairwise(runs):
         reads = {stage: round(big["stages"][stage]["read_s_median"] / max(figs["read_s_median"], 1e-4), 2)
                  for stage, figs in small["stages"].items() if stage in big["stages"]}
         out[f"{small['documents']}->{big['documents']}"] = {

@@ -11,7 +11,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from flows.options import cpu_tags
 from flows.tracking import tracked
 from synthllm.curation.diversity import HISTOGRAMS_FILE, inline_histograms
 from synthllm.curation.export import EXPORT_FORMATS
@@ -26,7 +25,7 @@ from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import public_params, recorded_run
 from synthllm.settings import Settings, resolve_settings, settings_payload
 from synthllm.store import Store
-from tasks.common import open_payload, retry_options
+from tasks.common import open_payload, task_options
 from tasks.curate import dedup_task, diversity_report_task, export_task
 
 # The diversity report loads a sentence-transformers model: no "Loading weights: 100%|...|" bar
@@ -91,7 +90,7 @@ def curate_flow(
     target = Store(settings.store)
     target.check_reachable()
     payload = settings_payload(settings)
-    options = {**retry_options(settings), "tags": cpu_tags(settings)}
+    options = task_options(settings)
     logger = get_run_logger()
     params = public_params(settings, steps=steps, curated_only=curated_only)
     with (
@@ -180,7 +179,7 @@ def export_flow(
         tracked("export", target, {"export": LIGHT_WEIGHT}) as tracker,
     ):
         tracker.plan("export", 1)
-        result = export_task.with_options(**retry_options(settings), tags=cpu_tags(settings))(
+        result = export_task.with_options(**task_options(settings))(
             settings_payload(settings), name, formats)
         tracker.finish_shard("export", {"items": result["rows"], "rows": result["rows"]})
         folder = target.path("exports", name)

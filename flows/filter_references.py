@@ -14,7 +14,7 @@ from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import public_params, recorded_run
 from synthllm.settings import EMBEDDED_MODEL, Settings, resolve_settings, settings_payload
 from synthllm.store import Store
-from tasks.common import make_task_runner, retry_options
+from tasks.common import make_task_runner, task_options
 from tasks.filtering import (
     draw_rating_sample,
     rate_documents,
@@ -92,7 +92,7 @@ def filter_references_flow(
 
     payload = settings_payload(resolved)
     write, sample, rate, train, score, score_synthetic = (
-        t.with_options(**retry_options(resolved))
+        t.with_options(**task_options(resolved, uses_engine=t in (write_examples, rate_documents)))
         for t in (write_examples, draw_rating_sample, rate_documents, train_filter, score_shard, score_examples)
     )
     rounds_summary: list[dict[str, Any]] = []

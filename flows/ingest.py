@@ -7,7 +7,6 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.options import cpu_tags
 from flows.tracking import tracked
 from synthllm.ingest import SUMMARY_COUNTS, add_file_summary, expand_sources
 from synthllm.runs import public_params, recorded_run
@@ -46,7 +45,7 @@ def ingest_flow(
     target.check_reachable()
     files = expand_sources(sources, resolved.store)
     payload = settings_payload(resolved)
-    task = ingest_source.with_options(**{**shard_task_options(target, resolved), "tags": cpu_tags(resolved)})
+    task = ingest_source.with_options(**shard_task_options(target, resolved))
     with (
         recorded_run(target, "ingest", public_params(resolved, sources=sources)) as (run_id, summary),
         tracked("ingest", target, {"ingest": 1.0}) as tracker,

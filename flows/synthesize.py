@@ -16,7 +16,6 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 
-from flows.options import cpu_tags
 from flows.tracking import Tracker, tracked
 from synthllm.lease import LeaseHeld, acquire
 from synthllm.plans import plan_stage, read_plan, select_documents
@@ -39,7 +38,7 @@ class StageRunner:
 
     def __init__(self, run: RunContext, task_runner, tracker: Tracker) -> None:
         self.run, self.task_runner, self.tracker = run, task_runner, tracker
-        self.task = generate_shard.with_options(**shard_task_options(run.store, run.settings, cached=False))
+        self.task = generate_shard.with_options(**shard_task_options(run.store, run.settings, cached=False, uses_engine=True))
         self.payload = settings_payload(run.settings)
         self.summaries: list[dict[str, Any]] = []
 
@@ -149,8 +148,7 @@ def stage_leases(run: RunContext, group: list[Stage], logger) -> Iterator[None]:
 
 
 def _build_graph(run: RunContext, payload: dict[str, Any]) -> dict[str, Any]:
-    task = build_concept_graph.with_options(**{**shard_task_options(run.store, run.settings),
-                                               "tags": cpu_tags(run.settings)})
+    task = build_concept_graph.with_options(**shard_task_options(run.store, run.settings))
     return task(payload, run.run_id, sorted(run.store.shard_ids("document_concepts")))
 
 

@@ -80,22 +80,25 @@ def retry_transient(task, task_run, state) -> bool:
     return True
 
 
-def retry_options(settings: Settings) -> dict[str, Any]:
+def task_options(settings: Settings, uses_engine: bool = False) -> dict[str, Any]:
+    """Retries (transient errors only) and tags for any task. Tags only with
+    ``orchestration.tag_tasks``: a tagged task run looks up tag concurrency limits, a round trip
+    to the API, even when none exists."""
+    tags = [engine_tag(settings) if uses_engine else "cpu"] if settings.orchestration.tag_tasks else []
     return {"retries": settings.orchestration.task_retries, "retry_delay_seconds": settings.orchestration.retry_delay_s,
-            "retry_condition_fn": retry_transient}
+            "retry_condition_fn": retry_transient, "tags": tags}
 
 
-def shard_task_options(store: Store, settings: Settings, cached: bool = True) -> dict[str, Any]:
+def shard_task_options(store: Store, settings: Settings, cached: bool = True, uses_engine: bool = False
+                       ) -> dict[str, Any]:
     """Options for shard tasks: retried and (``cached``) reused across runs by input, with
     results persisted in the store. Shard stages pass ``cached=False``: the flow plans only items
     with no stored output, the store is the record, so no Prefect result is written at all."""
-    options: dict[str, Any] = {**retry_options(settings), "cache_result_in_memory": False}
+    options: dict[str, Any] = {**task_options(settings, uses_engine), "cache_result_in_memory": False}
     if cached:
         options.update(persist_result=True, result_storage=result_storage(store), cache_policy=SHARD_CACHE_POLICY)
     else:
         options.update(persist_result=False, cache_policy=NO_CACHE)
-    if settings.orchestration.tag_tasks:
-        options["tags"] = [engine_tag(settings)]
     return options
 
 

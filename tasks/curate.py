@@ -14,7 +14,7 @@ from synthllm.settings import settings_from_payload
 from synthllm.store import Store
 
 
-@task(name="curate-dedup", tags=["cpu"], cache_policy=NO_CACHE)
+@task(name="curate-dedup", cache_policy=NO_CACHE)
 def dedup_task(settings_payload: dict[str, Any], run_id: str) -> dict[str, int]:
     """Exact + near-duplicates over every question: one task, since duplicates cross shards."""
     settings = settings_from_payload(settings_payload)
@@ -23,7 +23,7 @@ def dedup_task(settings_payload: dict[str, Any], run_id: str) -> dict[str, int]:
     return result
 
 
-@task(name="curate-decontaminate", tags=["cpu"], cache_policy=NO_CACHE)
+@task(name="curate-decontaminate", cache_policy=NO_CACHE)
 def decontaminate_task(question_shard: str, settings_payload: dict[str, Any], run_id: str) -> dict[str, int]:
     """Benchmark checks for one question shard."""
     settings = settings_from_payload(settings_payload)
@@ -32,7 +32,7 @@ def decontaminate_task(question_shard: str, settings_payload: dict[str, Any], ru
     return result
 
 
-@task(name="curate-diversity-report", tags=["cpu"], cache_policy=NO_CACHE)
+@task(name="curate-diversity-report", cache_policy=NO_CACHE)
 def diversity_report_task(settings_payload: dict[str, Any], curated_only: bool = False) -> dict[str, Any]:
     """Embed, measure, publish under reports/diversity/; returns the summary rows, markdown and files."""
     settings = settings_from_payload(settings_payload)
@@ -40,7 +40,7 @@ def diversity_report_task(settings_payload: dict[str, Any], curated_only: bool =
     return {"rows": summary_rows(published["report"]), "markdown": published["markdown"], "files": published["files"]}
 
 
-@task(name="curate-export", tags=["cpu"], cache_policy=NO_CACHE)
+@task(name="curate-export", cache_policy=NO_CACHE)
 def export_task(settings_payload: dict[str, Any], name: str, formats: list[str]) -> dict[str, Any]:
     """Write exports/<name>/ (plain + sft layouts, dataset card)."""
     settings = settings_from_payload(settings_payload)

@@ -12,7 +12,7 @@ from synthllm.stages import graph as graph_stage
 from synthllm.store import Store
 
 
-@task(name="build-concept-graph", tags=["cpu"])
+@task(name="build-concept-graph")
 def build_concept_graph(settings_payload: dict[str, Any], run_id: str, link_shards: list[str]) -> dict[str, Any]:
     """Build the graph of every subset, sample walks, ground them; cached on the input shards."""
     settings = settings_from_payload(settings_payload)

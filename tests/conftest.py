@@ -24,6 +24,13 @@ def prefect_harness():
         yield
 
 
+def command_env(prefect_home: Path) -> dict[str, str]:
+    """The environment of a CLI subprocess: its own Prefect home and temporary API server, never
+    the test session's harness (whose PREFECT_API_URL would otherwise be inherited)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
+    return {**env, "PREFECT_HOME": str(prefect_home)}
+
+
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     return str(tmp_path / "store")

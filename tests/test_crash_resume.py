@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import command_env
 
 from synthllm.settings import load_settings
 from synthllm.store import Store
@@ -36,8 +37,7 @@ REAL_ENGINE = [
 
 
 def ingest(store_url: str, sample_dir: Path, n_docs: int = 3) -> None:
-    from synthllm.ingest import expand_sources
-    from synthllm.ingest import ingest_file
+    from synthllm.ingest import expand_sources, ingest_file
 
     settings = load_settings(store=store_url)
     source = expand_sources([str(sample_dir / "openstax-algebra.jsonl")], settings.store)[0]
@@ -57,7 +57,7 @@ def cache_keys(store: Store) -> pl.DataFrame:
 def test_sigkill_mid_generation_then_rerun(store_url: str, sample_dir: Path, tmp_path: Path) -> None:
     ingest(store_url, sample_dir)
     store = Store(store_url)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = command_env(tmp_path / "prefect")
     process = subprocess.Popen(synthesize_command(store_url), env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
@@ -91,14 +91,16 @@ def test_sigkill_mid_generation_then_rerun(store_url: str, sample_dir: Path, tmp
     assert len(docs) == 3
     explained = set(questions.explode("doc_ids")["doc_ids"]) | set(failures.filter(pl.col("stage") == "level1")["item_id"])
     assert explained == docs
+    gated = store.read_table("curation").filter((pl.col("check_name") == "question_gate") & ~pl.col("kept"))
     answered = set(answers["question_id"]) | set(failures.filter(pl.col("stage") == "answer")["item_id"])
-    assert answered == set(questions["question_id"])
+    assert answered | set(gated["question_id"]) == set(questions["question_id"])  # answered, or a recorded reason
+    assert not answered & set(gated["question_id"])  # no answer is asked for a question the gate turned down
 
 
 def test_dask_runner_gives_the_same_dataset(store_url: str, sample_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("prefect_dask")
     stores = {"thread": str(tmp_path / "thread-store"), "dask": str(tmp_path / "dask-store")}
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = command_env(tmp_path / "prefect")
     datasets = {}
     for runner, url in stores.items():
         ingest(url, sample_dir)

@@ -5,7 +5,6 @@ mixed formats (issue 12's "done when")."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,9 +12,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
+from conftest import command_env
 from openai_pipeline import openai_overrides, pipeline_server
 from scripted_llm import PipelineResponder
+
 from synthllm.answers import normalize_answer
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,7 @@ def test_the_export_holds_no_junk_no_benchmark_items_and_verified_answers(
         command = [sys.executable, "-m", "synthllm.cli", "run", str(corpus), "--store", str(store)]
         for key, value in overrides.items():
             command += ["--set", f"{key}={json.dumps(value)}"]
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+        env = command_env(tmp_path / "prefect")
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

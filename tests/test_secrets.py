@@ -3,15 +3,15 @@ database, not the store, not the logs; a refused key stops the run (issue 11, fi
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
+from conftest import command_env
 from openai_pipeline import openai_overrides, pipeline_server
+
 from synthllm.ingest import expand_sources, ingest_file
 from synthllm.settings import load_settings, resolve_settings
 from synthllm.store import Store
@@ -36,7 +36,7 @@ def cli(store_url: str, tmp_path: Path, *args: str, config: Path | None = None) 
     command = [sys.executable, "-m", "synthllm.cli", "synthesize", "--store", store_url, *args]
     if config:
         command += ["--config", str(config)]
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = command_env(tmp_path / "prefect")
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -101,7 +101,7 @@ def test_two_runs_on_one_store_ask_each_prompt_once(store_url: str, sample_dir: 
         server.responder = lambda body: Text(reply(request_of(body)), delay_s=0.05)
         command = [sys.executable, "-m", "synthllm.cli", "synthesize", "--store", store_url,
                    *sets({**RUN, "generation.max_documents": 4, "generation.shard_size": 2, **openai_overrides(server)})]
-        runs = [subprocess.Popen(command, env={**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{i}")},
+        runs = [subprocess.Popen(command, env=command_env(tmp_path / f"prefect-{i}"),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
         outputs = [run.communicate(timeout=600)[0] for run in runs]
         assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]

@@ -4,18 +4,17 @@ synthesize run built from settings alone yields all three levels and answers."""
 from __future__ import annotations
 
 import polars as pl
+from test_pipeline import ingest_sample
 
 from flows.synthesize import synthesize_flow
-from synthllm.engines.client import check_result
 from synthllm.engines.base import ChatResult, Completion
+from synthllm.engines.client import check_result
 from synthllm.engines.registry import engine_model_id, make_engine
 from synthllm.engines.standin import StandInEngine, reply
 from synthllm.prompts import load_prompt
-from synthllm.settings import EngineSettings
+from synthllm.settings import EngineSettings, SamplingSettings
 from synthllm.stages.common import make_request
-from synthllm.settings import SamplingSettings
 from synthllm.store import Store
-from test_pipeline import ingest_sample
 
 DOCUMENT = ("Solve the quadratic equation x^2 - 5x + 6 = 0 by factoring. Quadratic equations have "
             "roots found through factoring, completing squares or the quadratic formula. Discriminant "

@@ -17,15 +17,21 @@ import re
 import zlib
 from typing import Any
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion, OnResult, check_stop
+from synthllm.engines.base import (
+    ChatRequest,
+    ChatResult,
+    Completion,
+    OnResult,
+    check_stop,
+)
 from synthllm.settings import EngineSettings
 
 CHARS_PER_TOKEN = 4
 _WORD = re.compile(r"[A-Za-z]{5,}")
 _STOP = frozenset({"which", "their", "there", "these", "those", "about", "would", "could", "should", "where",
                    "while", "after", "before", "other", "using", "document", "because"})
-_LISTED = re.compile(r"^- (.+)$", re.M)
-_LISTED_WITH_TOPIC = re.compile(r"^- (.+?) \(topic: (.+)\)$", re.M)
+_LISTED = re.compile(r"^- (.+)$", re.MULTILINE)
+_LISTED_WITH_TOPIC = re.compile(r"^- (.+?) \(topic: (.+)\)$", re.MULTILINE)
 
 
 def _digest(text: str) -> int:
@@ -43,7 +49,7 @@ def _words(text: str, limit: int) -> list[str]:
 
 
 def _between(text: str, start: str, end: str) -> str:
-    head, found, tail = text.partition(start)
+    _, found, tail = text.partition(start)
     return tail.split(end, 1)[0] if found else ""
 
 
@@ -79,7 +85,8 @@ def _combined(user: str, limit: int) -> dict[str, Any]:
     """Level 2 (concepts listed after the document) or level 3 (concepts with their topics)."""
     if "each with its topic:" in user:
         listed = _LISTED_WITH_TOPIC.findall(_between(user, "each with its topic:\n", "\n\n"))
-        pairs = [(a[0], b[0]) for i, a in enumerate(listed) for b in listed[i + 1:] if a[1] != b[1]]
+        across = [(a[0], b[0]) for i, a in enumerate(listed) for b in listed[i + 1:] if a[1] != b[1]]
+        pairs = across or [(a[0], b[0]) for a, b in zip(listed[::2], listed[1::2])]
     else:
         names = [c for c in _LISTED.findall(user.rsplit("</document>", 1)[-1]) if c]
         pairs = [(names[i], names[i + 1]) for i in range(0, max(0, len(names) - 1), 2)]
@@ -90,7 +97,7 @@ def _combined(user: str, limit: int) -> dict[str, Any]:
 
 def _scores(document: str, schema: dict[str, Any]) -> dict[str, Any]:
     """Ratings and judge scores: every required integer field, high for mathematical text."""
-    high = bool(re.search(r"\d\s*[+\-=x×]\s*\d|equation|solve", document, re.I))
+    high = bool(re.search(r"\d\s*[+\-=x×]\s*\d|equation|solve", document, re.IGNORECASE))
     out: dict[str, Any] = {}
     for name in schema.get("required", list(schema.get("properties", {}))):
         prop = schema["properties"].get(name, {})

@@ -1,0 +1,64 @@
+"""A shard reads only the files holding its inputs: level 2 the concept shards of its documents,
+level 3 the documents shards of its references (recorded in the plan), never a whole table."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from flows.synthesize import synthesize_flow
+from synthllm.plans import read_plan
+from synthllm.settings import load_settings
+from synthllm.stages.registry import stage
+from synthllm.store import Store
+
+OVERRIDES = {"engine.backend": "standin", "filter.enabled": False, "generation.max_documents": 24,
+             "generation.shard_size": 3, "generation.max_combinations": 12, "ingest.shard_size": 80}
+
+
+@pytest.fixture(scope="module")
+def run_store(prefect_harness, tmp_path_factory, sample_dir) -> str:
+    url = str(tmp_path_factory.mktemp("reads") / "store")
+    settings = load_settings(overrides={"ingest.shard_size": 80}, store=url)
+    assert settings.ingest.shard_size == 80
+    from synthllm.ingest import expand_sources, ingest_file
+
+    for source in expand_sources([str(sample_dir / "openstax-algebra.jsonl")], settings.store):
+        ingest_file(Store(settings.store), settings, "ingest", source)
+    synthesize_flow(store=url, overrides=OVERRIDES)
+    return url
+
+
+def _whole_table_scans(monkeypatch, store: Store) -> list[str]:
+    scanned: list[str] = []
+    connect = Store.connect
+
+    def recording(self, tables=None, exclude=()):
+        scanned.extend(tables or ["<all>"])
+        return connect(self, tables, exclude)
+
+    monkeypatch.setattr(Store, "connect", recording)
+    return scanned
+
+
+@pytest.mark.parametrize(("stage_name", "lookup_table"), [("level2", "document_concepts"), ("level3", "documents")])
+def test_shard_reads_only_the_files_its_plan_names(run_store, monkeypatch, stage_name, lookup_table) -> None:
+    store, settings = Store(run_store), load_settings(overrides=OVERRIDES, store=run_store)
+    all_shards = store.shard_ids(lookup_table)
+    assert len(all_shards) > 1, "the test needs several shards of the lookup table"
+    plans = [read_plan(store, stage_name, path.rsplit("/", 1)[1].removesuffix(".parquet"))
+             for path in store.glob(store.path("plans", stage_name, "*.parquet"))]
+    assert plans
+    narrower = 0
+    for plan in plans:
+        named = plan.shards_of(lookup_table)
+        assert named and set(named) <= all_shards
+        narrower += len(named) < len(all_shards)
+        scanned = _whole_table_scans(monkeypatch, store)
+        inputs = stage(stage_name).load(store, settings, plan)
+        assert lookup_table not in scanned
+        monkeypatch.undo()
+        everything = stage(stage_name).load(store, settings, dataclasses.replace(plan, lookup_shards={}))
+        assert inputs.items == everything.items and len(inputs.failures) == len(everything.failures)
+    assert narrower, "some shard must read fewer files than the whole table"
