@@ -22,7 +22,7 @@ from synthllm.curation.stages import (
     write_curation_summary,
 )
 from synthllm.progress import LIGHT_WEIGHT
-from synthllm.runs import public_params, recorded_run
+from synthllm.runs import open_run
 from synthllm.settings import Settings, resolve_settings, settings_payload
 from synthllm.store import Store
 from tasks.common import open_payload, task_options
@@ -87,16 +87,14 @@ def curate_flow(
     settings = resolve_settings(config, {**(overrides or {}), "curation.benchmarks": benchmarks}, store,
                                 parent_settings)
     steps = _check_steps(steps)
-    target = Store(settings.store)
-    target.check_reachable()
     payload = settings_payload(settings)
     options = task_options(settings)
     logger = get_run_logger()
-    params = public_params(settings, steps=steps, curated_only=curated_only)
     with (
-        recorded_run(target, "curate", params) as (run_id, summary),
-        tracked("curate", target, {step: STEP_WEIGHTS[step] for step in steps}) as tracker,
+        open_run("curate", settings, steps=steps, curated_only=curated_only) as run,
+        tracked("curate", run.store, {step: STEP_WEIGHTS[step] for step in steps}) as tracker,
     ):
+        target, run_id, summary = run.store, run.run_id, run.summary
         if "dedup" in steps:
             tracker.plan("dedup", 1)
             summary["dedup"] = dedup_task.with_options(**options)(payload, run_id)
@@ -126,7 +124,6 @@ def curate_flow(
     checks = [{"step": step, **values} for step, values in summary.items() if isinstance(values, dict)]
     if checks:
         create_table_artifact(key="curation-summary", table=checks, description=f"Curation of {target.url}")
-    target.write_catalog()
     logger.info("curate finished: %s", summary)
     return summary
 
@@ -170,14 +167,12 @@ def export_flow(
         parent_settings: Resolved settings handed down by a parent run (synthllm-run); leave empty.
     """
     settings = resolve_settings(config, overrides, store, parent_settings)
-    target = Store(settings.store)
-    target.check_reachable()
     formats = list(formats or EXPORT_FORMATS)
-    params = public_params(settings, name=name, formats=formats, out=out)
     with (
-        recorded_run(target, "export", params) as (_run_id, summary),
-        tracked("export", target, {"export": LIGHT_WEIGHT}) as tracker,
+        open_run("export", settings, name=name, formats=formats, out=out) as run,
+        tracked("export", run.store, {"export": LIGHT_WEIGHT}) as tracker,
     ):
+        target, summary = run.store, run.summary
         tracker.plan("export", 1)
         result = export_task.with_options(**task_options(settings))(
             settings_payload(settings), name, formats)

@@ -11,7 +11,7 @@ from prefect.futures import as_completed
 from flows.tracking import tracked
 from synthllm import filtering as F
 from synthllm.progress import LIGHT_WEIGHT
-from synthllm.runs import public_params, recorded_run
+from synthllm.runs import open_run
 from synthllm.settings import EMBEDDED_MODEL, Settings, resolve_settings, settings_payload
 from synthllm.store import Store
 from tasks.common import make_task_runner, task_options
@@ -78,7 +78,6 @@ def filter_references_flow(
                "filter.threshold": threshold}
     resolved = resolve_settings(config, {**(overrides or {}), **options}, store, parent_settings)
     target = Store(resolved.store)
-    target.check_reachable()
     logger = get_run_logger()
     fs = resolved.filter
     if not fs.enabled:
@@ -97,10 +96,11 @@ def filter_references_flow(
     )
     rounds_summary: list[dict[str, Any]] = []
     with (
-        recorded_run(target, "filter_references", public_params(resolved)) as (run_id, summary),
+        open_run("filter_references", resolved) as run,
         tracked("filter-references", target, filter_steps(resolved)) as tracker,
         make_task_runner(resolved) as runner,
     ):
+        run_id, summary = run.run_id, run.summary
         F.prune_rounds_after(target, fs.rounds)
         first_round = 0 if fs.cold_start_positives else 1
         if first_round == 1:
@@ -154,6 +154,5 @@ def filter_references_flow(
             logger.info("round %d: %s", round_index, row)
             rounds_summary.append(row)
         summary.update(rounds=rounds_summary, reference_documents=F.reference_documents(target).height)
-    target.write_catalog()
     create_table_artifact(key="filter-rounds", table=rounds_summary, description=f"Stage 1 filtering in {target.url}")
     return summary

@@ -9,9 +9,8 @@ from prefect.artifacts import create_table_artifact
 
 from flows.tracking import tracked
 from synthllm.ingest import SUMMARY_COUNTS, add_file_summary, expand_sources
-from synthllm.runs import public_params, recorded_run
+from synthllm.runs import open_run
 from synthllm.settings import resolve_settings, settings_payload
-from synthllm.store import Store
 from tasks.common import shard_task_options
 from tasks.ingest import ingest_source
 
@@ -41,15 +40,14 @@ def ingest_flow(
     """
     fields = {"ingest.id_field": id_field, "ingest.text_field": text_field, "ingest.shard_size": shard_size}
     resolved = resolve_settings(config, {**(overrides or {}), **fields}, store, parent_settings)
-    target = Store(resolved.store)
-    target.check_reachable()
     files = expand_sources(sources, resolved.store)
     payload = settings_payload(resolved)
-    task = ingest_source.with_options(**shard_task_options(target, resolved))
     with (
-        recorded_run(target, "ingest", public_params(resolved, sources=sources)) as (run_id, summary),
-        tracked("ingest", target, {"ingest": 1.0}) as tracker,
+        open_run("ingest", resolved, sources=sources) as run,
+        tracked("ingest", run.store, {"ingest": 1.0}) as tracker,
     ):
+        target, run_id, summary = run.store, run.run_id, run.summary
+        task = ingest_source.with_options(**shard_task_options(target, resolved))
         totals = {"files": len(files), "cached_files": 0, **dict.fromkeys(SUMMARY_COUNTS, 0)}
         tracker.plan("ingest", len(files))
         # One ordered pass over the files: exact dedup across files needs a single writer.
@@ -62,7 +60,6 @@ def ingest_flow(
                                  else {"skipped": True})
         tracker.close("ingest")
         summary.update(totals)
-    target.write_catalog()
     create_table_artifact(key="ingest-summary", table=[totals], description=f"Ingest into {target.url}")
     get_run_logger().info("ingest finished: %s", totals)
     return totals

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from synthllm.runs import public_params, recorded_run
+from synthllm.runs import open_run
 from synthllm.scaling import (
     ScalingInputError,
     ScalingOptions,
@@ -18,7 +18,6 @@ from synthllm.scaling import (
     report_markdown,
 )
 from synthllm.settings import load_settings
-from synthllm.store import Store
 
 
 @flow(name="scaling-fit")
@@ -46,11 +45,10 @@ def scaling_fit_flow(
         report_name: Folder name under reports/scaling/ (default: the run id).
     """
     settings = load_settings(config, (options or ScalingOptions()).overrides(), store)
-    target = Store(settings.store)
-    target.check_reachable()
     logger = get_run_logger()
-    params = public_params(settings, source=source, series=series, one_series=one_series, report_name=report_name)
-    with recorded_run(target, "scaling-fit", params) as (run_id, summary):
+    with open_run("scaling-fit", settings, source=source, series=series, one_series=one_series,
+                  report_name=report_name) as run:
+        target, run_id, summary = run.store, run.run_id, run.summary
         points = gather_points(settings.scaling, source=source, store=target, series=series, one_series=one_series)
         report = fit_all(points, settings.scaling)
         if not report.series:

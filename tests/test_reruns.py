@@ -148,3 +148,57 @@ def test_retry_failures_rejects_an_unknown_stage(store_url: str) -> None:
     result = CliRunner().invoke(app, ["retry-failures", "bogus", "--store", store_url])
     assert result.exit_code == 2 and "unknown stage 'bogus'" in result.output and "level1" in result.output
     assert Store(store_url).read_table("failures").height == 1
+
+
+def test_unsuitable_documents_are_recorded_and_never_asked_again(
+        prefect_harness, store_url: str, sample_dir: Path, tmp_path: Path) -> None:
+    """The level-1 "not suitable" gate: the document becomes a `not_suitable` failure, no question."""
+    settings = StoreSettings(url=store_url)
+    ingest_documents(settings, sample_dir, tmp_path, 3)
+    store = Store(settings)
+    unsuitable = store.read_table("documents").sort("doc_id")["text"][0][:80]
+    healthy = PipelineResponder()
+
+    def responder(request):
+        if "suitable" in json.dumps(request.json_schema or {}) and unsuitable in request.messages[-1]["content"]:
+            return json.dumps({"suitable": False, "questions": [{"question": "What is this page about, really?",
+                                                                 "type": "new", "school_level": "none"}]})
+        return healthy(request)
+
+    overrides = overrides_for(settings, **{"generation.levels": [1]})
+    engine_for(settings, responder, overrides)
+    synthesize_flow(store=store_url, overrides=overrides)
+    doc_id = store.read_table("documents").sort("doc_id")["doc_id"][0]
+    failures = store.read_table("failures").filter(pl.col("stage") == "level1")
+    assert failures.select("item_id", "reason").rows() == [(doc_id, "not_suitable")]
+    assert doc_id not in set(store.read_table("questions")["doc_ids"].explode())
+    engine = engine_for(settings, responder, overrides)
+    synthesize_flow(store=store_url, overrides=overrides)
+    assert engine.calls == 0
+
+
+def test_the_llm_judge_drops_low_scored_questions_before_answers(
+        prefect_harness, store_url: str, sample_dir: Path, tmp_path: Path) -> None:
+    settings = StoreSettings(url=store_url)
+    ingest_documents(settings, sample_dir, tmp_path, 3)
+    store = Store(settings)
+    healthy = PipelineResponder()
+
+    def responder(request):
+        if "well_posed" in json.dumps(request.json_schema or {}):
+            score = 9 if "dollars" in request.messages[-1]["content"] and "9" in request.messages[-1]["content"] else 2
+            return json.dumps({"self_contained": 5, "well_posed": 4, "reasoning": 3, "clarity": 4, "score": score,
+                               "reason": "ok"})
+        return healthy(request)
+
+    overrides = overrides_for(settings, **{"generation.levels": [1], "gate.judge_enabled": True,
+                                           "gate.judge_threshold": 6})
+    engine_for(settings, responder, overrides)
+    summary = synthesize_flow(store=store_url, overrides=overrides)
+    judged = store.read_table("curation").filter(pl.col("check_name") == "llm_judge")
+    passed_rules = store.read_table("curation").filter((pl.col("check_name") == "question_gate") & pl.col("kept"))
+    assert set(judged["question_id"]) == set(passed_rules["question_id"])
+    assert judged["prompt_version"].unique().to_list() == ["judge_question@1"]
+    assert judged.filter(pl.col("kept"))["score"].min() >= 6 and judged.filter(~pl.col("kept")).height > 0
+    assert set(store.read_table("answers")["question_id"]) == set(judged.filter(pl.col("kept"))["question_id"])
+    assert {s["stage"] for s in summary["stages"]} >= {"question_gate", "llm_judge", "answer"}
