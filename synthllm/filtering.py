@@ -26,16 +26,12 @@ import io
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import joblib
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import Ridge, RidgeCV, SGDClassifier
-from sklearn.model_selection import KFold, cross_val_predict
 
 from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.stages.common import failure_from_result, make_request
@@ -44,6 +40,10 @@ from synthllm.resources import read_sql
 from synthllm.runs import Failure
 from synthllm.settings import FilterSettings
 from synthllm.store import Store, stable_hash
+
+if TYPE_CHECKING:  # scikit-learn takes seconds to import: only the functions that train or score load it
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.isotonic import IsotonicRegression
 
 RATE_PROMPT = "rate_document"
 WRITE_PROMPT = "write_reference_example"
@@ -68,6 +68,8 @@ class FilterError(RuntimeError):
 # --------------------------------------------------------------------------- features and model
 def vectorizer() -> HashingVectorizer:
     """Stateless: the same object on every worker gives the same features."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
     return HashingVectorizer(
         ngram_range=(1, 2),
         n_features=N_FEATURES,
@@ -136,6 +138,8 @@ def train_cold_start(positives: dict[str, str], negatives: dict[str, str], setti
     texts = [text[: settings.rater_chars] for text in [*positives.values(), *negatives.values()]]
     # Logistic regression fitted by SGD: scipy's L-BFGS takes seconds on 2^20 weights, SGD
     # milliseconds. Balanced: a handful of positives against a larger random sample.
+    from sklearn.linear_model import SGDClassifier
+
     estimator = SGDClassifier(loss="log_loss", class_weight="balanced", random_state=settings.seed)
     estimator.fit(vectorizer().transform(texts), labels)
     version = _version("binary", 0, settings, ids, labels)
@@ -152,6 +156,10 @@ def train_rating_model(ratings: pl.DataFrame, round_: int, settings: FilterSetti
     ratings = ratings.sort("doc_id")
     features = vectorizer().transform([text[: settings.rater_chars] for text in ratings["text"].to_list()])
     targets = ratings["llm_rating"].cast(pl.Float64).to_numpy()
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import Ridge, RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+
     # Ridge: a linear model on sparse hashed features, alpha by efficient leave-one-out.
     estimator = RidgeCV(alphas=RIDGE_ALPHAS).fit(features, targets)
     # With few ratings and many features, predictions for unseen documents shrink toward the

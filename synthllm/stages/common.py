@@ -51,6 +51,18 @@ def limit_arrays(schema: dict[str, Any] | None, limits: dict[str, int]) -> dict[
     return visit(schema)
 
 
+_BOUNDED_SCHEMAS: dict[tuple[str, tuple[tuple[str, int], ...]], dict[str, Any] | None] = {}
+
+
+def bounded_schema(prompt: Prompt, limits: dict[str, int]) -> dict[str, Any] | None:
+    """The prompt's schema with ``limits`` applied, built once per (prompt version, limits): every
+    request of a stage then shares one schema object (and the client one validator). Read only."""
+    key = (prompt.version, tuple(sorted(limits.items())))
+    if key not in _BOUNDED_SCHEMAS:
+        _BOUNDED_SCHEMAS[key] = limit_arrays(prompt.schema, limits)
+    return _BOUNDED_SCHEMAS[key]
+
+
 def make_request(prompt: Prompt, sampling: SamplingSettings, seed: int, n: int = 1,
                  limits: dict[str, int] | None = None, **values: Any) -> ChatRequest:
     return ChatRequest.of(
@@ -60,7 +72,7 @@ def make_request(prompt: Prompt, sampling: SamplingSettings, seed: int, n: int =
         max_tokens=sampling.max_tokens,
         n=n,
         seed=seed,
-        json_schema=limit_arrays(prompt.schema, limits or {}),
+        json_schema=bounded_schema(prompt, limits or {}),
     )
 
 
