@@ -14,11 +14,10 @@ from flows.synthesize import synthesize_flow
 from scripted_llm import PipelineResponder
 from synthllm.curation.diversity import build_report, group_keys
 from synthllm.engines.base import ChatRequest, ChatResult
-from synthllm.plans import ShardPlan
 from synthllm.runs import Failure
 from synthllm.settings import Settings, load_settings
-from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs
-from synthllm.stages.common import documents, excerpt, make_request, no_questions, question_rows, request_seed
+from synthllm.stages.base import Provenance
+from synthllm.stages.common import DocumentStage, excerpt, make_request, no_questions, question_rows, request_seed
 from synthllm.stages.registry import registered, stage_names, waves
 from synthllm.store import Store
 from test_pipeline import OVERRIDES, ingest_sample, scripted
@@ -32,14 +31,12 @@ def sample_store(store_url: str, sample_dir: Path) -> str:
     return store_url
 
 
-class Level4Stage(LLMStage):
+class Level4Stage(DocumentStage):
     """The worked example of docs/stages.md: proof questions, two per document."""
 
     name = "level4"
     prompt_name = str(PROMPT)
     table = "questions"
-    item_key = "doc_id"
-    source = ("documents", "doc_id")
     item_column = "doc_ids[1]"
     row_filter = "level = 4"
     level = 4
@@ -47,12 +44,6 @@ class Level4Stage(LLMStage):
 
     def enabled(self, settings: Settings) -> bool:
         return self.level in settings.generation.levels
-
-    def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
-        return state.doc_ids
-
-    def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
-        return ShardInputs(documents(store, self, plan))
 
     def request(self, item: dict[str, Any], settings: Settings) -> ChatRequest:
         gen = settings.generation

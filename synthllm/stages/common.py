@@ -10,8 +10,8 @@ from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.plans import ShardPlan, fetch_source
 from synthllm.prompts import Prompt
 from synthllm.runs import Failure, utcnow
-from synthllm.settings import SamplingSettings
-from synthllm.stages.base import Provenance, Stage
+from synthllm.settings import SamplingSettings, Settings
+from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs, Stage
 from synthllm.store import Store, stable_hash
 
 
@@ -79,6 +79,20 @@ def make_request(prompt: Prompt, sampling: SamplingSettings, seed: int, n: int =
 def documents(store: Store, stage: Stage, plan: ShardPlan) -> list[dict[str, Any]]:
     """``doc_id`` and ``text`` of a document stage's shard, read from the plan's source shards."""
     return fetch_source(store, stage, plan, "doc_id, text").to_dicts()
+
+
+class DocumentStage(LLMStage):
+    """An LLM stage with one request per document of the run (concepts, level 1): its items are
+    the run's documents and a shard's inputs are their texts."""
+
+    item_key = "doc_id"
+    source = ("documents", "doc_id")
+
+    def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
+        return state.doc_ids
+
+    def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
+        return ShardInputs(documents(store, self, plan))
 
 
 def failure_from_result(stage: str, item_id: str, result: ChatResult, model: str) -> Failure:

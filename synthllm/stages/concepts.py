@@ -8,10 +8,8 @@ from synthllm.concepts import concept_id, normalise_concept
 from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.runs import Failure
 from synthllm.settings import Settings
-from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs
-from synthllm.stages.common import documents, excerpt, make_request, request_seed
-from synthllm.plans import ShardPlan
-from synthllm.store import Store
+from synthllm.stages.base import Provenance
+from synthllm.stages.common import DocumentStage, excerpt, make_request, request_seed
 
 
 def _usable_concept(name: str) -> bool:
@@ -48,24 +46,16 @@ def concept_link_rows(doc_id: str, parsed: dict[str, Any], origin: Provenance) -
     return rows
 
 
-class ConceptsStage(LLMStage):
+class ConceptsStage(DocumentStage):
     name = "concepts"
     prompt_name = "extract_concepts"
     table = "document_concepts"
-    item_key = "doc_id"
-    source = ("documents", "doc_id")
     item_column = "doc_id"
     serves_others = True  # levels 2 and 3 are built on concepts; level 1 alone needs none
 
     def options_key(self, settings: Settings) -> Any:
         gen = settings.generation
         return [gen.doc_chars, gen.max_topics, gen.max_concepts_per_topic, settings.filter.domain]
-
-    def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
-        return state.doc_ids
-
-    def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
-        return ShardInputs(documents(store, self, plan))
 
     def request(self, item: dict[str, Any], settings: Settings) -> ChatRequest:
         gen = settings.generation

@@ -7,18 +7,14 @@ from typing import Any
 from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.runs import Failure
 from synthllm.settings import Settings
-from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs
-from synthllm.stages.common import documents, excerpt, make_request, no_questions, question_rows, request_seed
-from synthllm.plans import ShardPlan
-from synthllm.store import Store
+from synthllm.stages.base import Provenance
+from synthllm.stages.common import DocumentStage, excerpt, make_request, no_questions, question_rows, request_seed
 
 
-class Level1Stage(LLMStage):
+class Level1Stage(DocumentStage):
     name = "level1"
     prompt_name = "level1_questions"
     table = "questions"
-    item_key = "doc_id"
-    source = ("documents", "doc_id")
     item_column = "doc_ids[1]"
     row_filter = "level = 1"
     level = 1
@@ -29,12 +25,6 @@ class Level1Stage(LLMStage):
 
     def options_key(self, settings: Settings) -> Any:
         return [settings.generation.doc_chars, settings.generation.l1_max_questions, settings.filter.domain]
-
-    def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
-        return state.doc_ids
-
-    def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
-        return ShardInputs(documents(store, self, plan))
 
     def request(self, item: dict[str, Any], settings: Settings) -> ChatRequest:
         gen = settings.generation

@@ -54,8 +54,8 @@ class Level3Stage(LLMStage):
         texts = dict(fetch_rows(store, "documents", "doc_id", ref_ids, "doc_id, text",
                                 plan.shards_of("documents")).iter_rows())
         concept_ids = sorted({c for combo in combos for c in combo["topics"] + combo["kcs"]})
-        names = {cid: (forms[0] if forms else name) for cid, name, forms in
-                 fetch_rows(store, "concepts", "concept_id", concept_ids, "concept_id, name, surface_forms").iter_rows()}
+        concepts = fetch_rows(store, "concepts", "concept_id", concept_ids, "concept_id, name, surface_forms")
+        names = {cid: (forms[0] if forms else name) for cid, name, forms in concepts.iter_rows()}
         items = []
         for combo in combos:
             kc_topics = combo.get("kc_topics") or [None] * len(combo["kcs"])
