@@ -38,7 +38,8 @@ class StageRunner:
 
     def __init__(self, run: RunContext, task_runner, tracker: Tracker) -> None:
         self.run, self.task_runner, self.tracker = run, task_runner, tracker
-        self.task = generate_shard.with_options(**shard_task_options(run.store, run.settings, cached=False, uses_engine=True))
+        options = shard_task_options(run.store, run.settings, cached=False, uses_engine=True)
+        self.task = generate_shard.with_options(**options)
         self.payload = settings_payload(run.settings)
         self.summaries: list[dict[str, Any]] = []
 
