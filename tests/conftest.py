@@ -54,6 +54,14 @@ def store_settings(request, tmp_path: Path):
     return StoreSettings(url=f"s3://synthllm-test/{uuid.uuid4().hex}", s3_endpoint_url=endpoint)
 
 
+@pytest.fixture
+def any_store(store_settings):
+    """A store on a local folder, then on a real S3 endpoint (see ``store_settings``)."""
+    from synthllm.store import Store
+
+    return Store(store_settings)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint on 127.0.0.1 (moto's threaded server) with a bucket ``synthllm-test``."""

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import pytest
 
@@ -21,7 +20,7 @@ from synthllm.engines import (
 )
 from synthllm.engines.base import RunStopped, clear_stop, request_stop
 from synthllm.engines.client import retry_seed
-from synthllm.settings import EngineSettings, StoreSettings
+from synthllm.settings import EngineSettings
 from synthllm.store import Store, StoreError
 
 SCHEMA = {
@@ -61,15 +60,6 @@ def run(llm: LLM, requests: list[ChatRequest], shard_id: str = "s1", run_id: str
 @pytest.fixture
 def store(store_url: str) -> Store:
     return Store(store_url)
-
-
-@pytest.fixture(params=["local", "s3"])
-def any_store(request, store_url: str) -> Store:
-    """A local folder, then a real S3 endpoint (moto's server on 127.0.0.1)."""
-    if request.param == "local":
-        return Store(store_url)
-    endpoint = request.getfixturevalue("s3_endpoint")
-    return Store(StoreSettings(url=f"s3://synthllm-test/{uuid.uuid4().hex}", s3_endpoint_url=endpoint))
 
 
 def test_valid_json_is_parsed_with_whitespace_and_fence_tolerated(store):

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -36,7 +35,7 @@ from synthllm.engines import LLM, ChatRequest
 from synthllm.engines.base import EngineAuthError, RunStopped, clear_stop, request_stop
 from synthllm.engines.openai_backend import OpenAIEngine
 from synthllm.engines.registry import gguf_path
-from synthllm.settings import SECRET_ENV, EngineSettings, StoreSettings
+from synthllm.settings import SECRET_ENV, EngineSettings
 from synthllm.store import Store
 
 pytestmark = pytest.mark.integration
@@ -557,15 +556,6 @@ requests = [ChatRequest.of([{"role": "user", "content": f"q{i}"}]) for i in rang
 store = Store(StoreSettings.model_validate_json(store_settings))
 LLM(OpenAIEngine(settings), store, settings).run(requests, stage="answer", shard_id="s0", run_id="r1")
 """
-
-
-@pytest.fixture(params=["local", "s3"])
-def any_store(request, store_url: str) -> Store:
-    """A local folder, then a real S3 endpoint (moto's server on 127.0.0.1)."""
-    if request.param == "local":
-        return Store(store_url)
-    endpoint = request.getfixturevalue("s3_endpoint")
-    return Store(StoreSettings(url=f"s3://synthllm-test/{uuid.uuid4().hex}", s3_endpoint_url=endpoint))
 
 
 def test_kill_9_mid_batch_loses_only_unanswered_replies(fake_server, any_store):

@@ -24,9 +24,9 @@ from synthllm.engines.base import (
     OnResult,
     check_stop,
 )
+from synthllm.engines.scripted import CHARS_PER_TOKEN, estimate_tokens
 from synthllm.settings import EngineSettings
 
-CHARS_PER_TOKEN = 4
 _WORD = re.compile(r"[A-Za-z]{5,}")
 _STOP = frozenset({"which", "their", "there", "these", "those", "about", "would", "could", "should", "where",
                    "while", "after", "before", "other", "using", "document", "because"})
@@ -146,7 +146,7 @@ class StandInEngine:
             prompt_chars = sum(len(m.get("content", "")) for m in request.messages)
             result = ChatResult(completions=[Completion(text, "stop") for _ in range(request.n)],
                                 prompt_tokens=math.ceil(prompt_chars / CHARS_PER_TOKEN),
-                                completion_tokens=request.n * math.ceil(len(text) / CHARS_PER_TOKEN))
+                                completion_tokens=request.n * estimate_tokens(text))
             results.append(result)
             if on_result is not None:
                 on_result(index, result)
