@@ -1,6 +1,6 @@
 """Benchmark: the real flows at scale -- what the coordinator, the store and Prefect cost around the LLM.
 
-Three parts, one JSON object on stdout (issue 13):
+Four parts, one JSON object on stdout (issue 13):
 
 - ``standin``: ingest -> synthesize -> curate -> export (filter off) on a generated maths-ish corpus
   with the instant stand-in engine (``engine.backend: standin``) at each ``--documents`` size:
@@ -13,6 +13,8 @@ Three parts, one JSON object on stdout (issue 13):
   ``engine.backend: openai`` over all N: how busy the replicas stay and the speed-up over N = 1
   (weak scaling: ``--replica-documents`` documents per replica, so every N runs about as long).
 - ``workers``: the synthesize flow on the Dask task runner with 2 worker processes vs 1 (stand-in).
+- ``loopback``: the synthesize flow through the openai backend against one instant server on
+  127.0.0.1: requests/s and coordinator CPU per request, HTTP client included.
 
 Each measured run is a child process with its own Prefect home (an ephemeral API of its own), so
 peak RSS and CPU are per run. The default run takes about ten minutes on 2 cores; the big size goes
@@ -271,7 +273,8 @@ def serve_replica(args: argparse.Namespace) -> None:
 
     from synthllm.engines.standin import reply
 
-    server = FakeOpenAIServer(lambda body: reply(request_of(body)), rate=args.rate, capacity=args.capacity).start()
+    server = FakeOpenAIServer(lambda body: reply(request_of(body)), rate=args.rate or None,
+                              capacity=args.capacity).start()
     print(server.base_url, flush=True)
     sys.stdin.read()  # until the parent closes our stdin
     server.stop()
@@ -326,6 +329,8 @@ def part_replicas(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 server.stdin.close()
                 server.wait(30)
         busy = [s["busy_share"] for s in stats]
+        by_second = [statistics.fmean(b[i] for b in (s["busy_by_second"] for s in stats) if i < len(b))
+                     for i in range(max(len(s["busy_by_second"]) for s in stats))]
         ideal = count * args.rate
         runs.append({"replicas": count, "documents": documents, "llm_requests": run["llm_requests"],
                      "synthesize": run["phases"]["synthesize"], "requests_per_s": run["synthesize_requests_per_s"],
@@ -333,12 +338,43 @@ def part_replicas(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                      "busy_share_mean": round(statistics.fmean(busy), 3), "busy_share_min": round(min(busy), 3),
                      "max_in_flight_per_replica": max(s["max_in_flight"] for s in stats),
                      "stage_wall_s": {k: v["wall_s"] for k, v in run["stages"].items()},
-                     "cpu_ms_per_request": run["synthesize_cpu_ms_per_request"]})
+                     "cpu_ms_per_request": run["synthesize_cpu_ms_per_request"],
+                     # seconds (from the first request) in which the replicas were under 80 % busy
+                     "idle_seconds": {i: round(b, 2) for i, b in enumerate(by_second) if b < 0.8}})
     base = runs[0]["requests_per_s"]
     for run in runs:
         run["speedup"] = round(run["requests_per_s"] / base, 2)
     return {"rate_per_replica": args.rate, "capacity_per_replica": args.capacity, "runs": runs,
             "targets": {"busy_share": ">= 0.9", "speedup": "~N"}}
+
+
+def part_loopback(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """``synthesize`` through the openai backend against one instant server on 127.0.0.1 (its own
+    process): the coordinator's ceiling, HTTP client included, with threads and with 2 Dask workers."""
+    runs = {}
+    for runner, workers in (("thread", 2), ("dask", 2)):
+        work = root / f"loopback-{runner}"
+        work.mkdir()
+        server = subprocess.Popen([sys.executable, __file__, "serve", "--rate", "0"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            url = server.stdout.readline().strip()
+            server_cpu = psutil.Process(server.pid).cpu_times()
+            run = spawn(["--mode", "openai", "--documents", str(args.loopback_documents), "--capacity",
+                         str(args.capacity), "--task-runner", runner, "--task-workers", str(workers),
+                         "--base-urls", url], work, args.timeout_s)
+            used = psutil.Process(server.pid).cpu_times()
+            server_cpu_s = used.user + used.system - server_cpu.user - server_cpu.system
+        finally:
+            server.stdin.close()
+            server.wait(30)
+        runs[f"{runner}-{workers}"] = {
+            "llm_requests": run["llm_requests"], "synthesize": run["phases"]["synthesize"],
+            "requests_per_s": run["synthesize_requests_per_s"],
+            "coordinator_cpu_ms_per_request": run["synthesize_cpu_ms_per_request"],
+            "server_cpu_s": round(server_cpu_s, 2)}
+    return {"documents": args.loopback_documents, "max_concurrency": args.capacity, "runs": runs,
+            "targets": {"requests_per_s": ">= 2000 at 10,000 documents", "cpu_ms_per_request": "<= 0.2"}}
 
 
 def part_workers(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -371,14 +407,15 @@ def main() -> None:
     serve = sub.add_parser("serve")
     serve.add_argument("--rate", type=float, required=True)
     serve.add_argument("--capacity", type=int, default=64)
-    parser.add_argument("--parts", nargs="+", default=["standin", "replicas", "workers"],
-                        choices=["standin", "replicas", "workers"])
+    parser.add_argument("--parts", nargs="+", default=["standin", "replicas", "workers", "loopback"],
+                        choices=["standin", "replicas", "workers", "loopback"])
     parser.add_argument("--documents", type=int, nargs="+", default=[10_000])
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--rate", type=float, default=50.0, help="replies/s per replica with every slot busy")
     parser.add_argument("--capacity", type=int, default=64, help="requests in flight per replica")
     parser.add_argument("--replica-documents", type=int, default=200, help="documents per replica")
     parser.add_argument("--worker-documents", type=int, default=3000)
+    parser.add_argument("--loopback-documents", type=int, default=10_000)
     parser.add_argument("--timeout-s", type=float, default=7200)
     args = parser.parse_args()
     if args.command == "child":
@@ -387,7 +424,8 @@ def main() -> None:
     if args.command == "serve":
         serve_replica(args)
         return
-    parts = {"standin": part_standin, "replicas": part_replicas, "workers": part_workers}
+    parts = {"standin": part_standin, "replicas": part_replicas, "workers": part_workers,
+             "loopback": part_loopback}
     started = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "pipeline_scale", "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="pipeline-scale-") as tmp:

@@ -1,29 +1,30 @@
 """The SynthLLM pipeline: documents -> concepts -> graph -> questions (3 levels) -> gate -> answers.
 
-``synthesize_flow`` walks the stage registry (``synthllm.stages.registry``) in dependency order;
-the shards of the stages that can run together are submitted together, so the task runner
-(threads, Dask or Ray) spreads them out. ``run_pipeline_flow`` is the whole job: ingest,
+``synthesize_flow`` runs the stage registry (``synthllm.stages.registry``) in dependency order,
+overlapping the stages: a shard a stage finishes is planned for the stages waiting for it at once
+(``synthllm.stages.schedule``), and the task runner (threads, Dask or Ray) spreads them out. ``run_pipeline_flow`` is the whole job: ingest,
 reference filtering, synthesis, curation, export.
 """
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.futures import as_completed
 
 from flows.tracking import Tracker, tracked
 from synthllm.lease import LeaseHeld, acquire
-from synthllm.plans import plan_stage, read_plan, select_documents
+from synthllm.plans import covered_items, plan_items, plan_stage, read_plan, select_documents
 from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import RunContext, open_run
 from synthllm.settings import Settings, resolve_settings, settings_payload
 from synthllm.stages.base import GRAPH_STEP, LLMStage, PlanState, Stage
-from synthllm.stages.registry import waves
+from synthllm.stages.registry import enabled_stages, waves
+from synthllm.stages.schedule import Schedule
 from synthllm.store import Store
 from tasks.common import make_task_runner, shard_task_options
 from tasks.generation import generate_shard
@@ -31,40 +32,97 @@ from tasks.graph import build_concept_graph
 
 
 class StageRunner:
-    """Plans and submits the shards of each group of stages and reports each shard as it finishes.
+    """Plans and submits every stage's shards as the schedule allows, and reports each shard as it finishes.
 
+    A finished shard is offered at once to the stages waiting for its stage (streaming, see
+    ``synthllm.stages.schedule``), so the next stage's shards queue up while this one drains.
     Shards go to the task runner the settings choose (threads, Dask or Ray), also when the flow
     runs from a deployment, whose flow object carries the default runner."""
 
-    def __init__(self, run: RunContext, task_runner, tracker: Tracker) -> None:
-        self.run, self.task_runner, self.tracker = run, task_runner, tracker
+    def __init__(self, run: RunContext, task_runner, tracker: Tracker, state: PlanState) -> None:
+        self.run, self.task_runner, self.tracker, self.state = run, task_runner, tracker, state
         options = shard_task_options(run.store, run.settings, cached=False, uses_engine=True)
         self.task = generate_shard.with_options(**options)
+        self.graph_task = build_concept_graph.with_options(**shard_task_options(run.store, run.settings))
         self.payload = settings_payload(run.settings)
+        self.schedule = Schedule(run.settings)
         self.summaries: list[dict[str, Any]] = []
+        self.finished: queue.SimpleQueue = queue.SimpleQueue()
+        self.out: dict[Any, tuple[str, str]] = {}  # future -> (stage, shard id)
 
-    def plan(self, stage: Stage, state: PlanState) -> list[tuple[str, str]]:
-        settings = self.run.settings
-        candidates = stage.candidates(self.run.store, settings, state)
-        size = settings.generation.shard_size
-        shards = plan_stage(self.run.store, stage, settings, candidates, size)
-        # every shard but the last is full: one plan read gives the stage's item count
-        items = 0
-        if shards:
-            items = (len(shards) - 1) * size + len(read_plan(self.run.store, stage.name, shards[-1]).item_ids)
+    def run_all(self) -> None:
+        while True:
+            self._plan_ready()
+            if self.schedule.complete:
+                return
+            future = self.finished.get()
+            name, shard_id = self.out.pop(future)
+            result = future.result()
+            self.schedule.finished(name)
+            if self.schedule.stages[name].stage.kind == GRAPH_STEP:
+                self.state.graph = self.run.summary["graph"] = result
+                self.tracker.finish_shard(name, {})
+                continue
+            self.summaries.append(result)
+            self.tracker.finish_shard(name, result)
+            self._stream(name, shard_id)
+
+    def _plan_ready(self) -> None:
+        """Close finished stages and plan in full those whose dependencies are all finished."""
+        while True:
+            for name in self.schedule.settle():
+                self.tracker.close(name)
+            ready = self.schedule.sweepable()
+            if not ready:
+                return
+            for planning in ready:
+                stage = planning.stage
+                if stage.kind == GRAPH_STEP:
+                    self.tracker.plan(stage.name, 1)
+                    links = sorted(self.run.store.shard_ids("document_concepts"))
+                    self._submit(stage.name, "graph", self.graph_task, {
+                        "settings_payload": self.payload, "run_id": self.run.run_id, "link_shards": links})
+                    self.schedule.submitted(stage.name, 1, swept=True)
+                    continue
+                candidates = stage.candidates(self.run.store, self.run.settings, self.state)
+                shards = plan_stage(self.run.store, stage, self.run.settings, candidates,
+                                    self.run.settings.generation.shard_size, skip=planning.planned)
+                self._submit_shards(stage, shards)
+                self.schedule.submitted(stage.name, len(shards), swept=True)
+
+    def _stream(self, upstream_name: str, shard_id: str) -> None:
+        """Plan the items ``upstream``'s new shard made ready for the stages waiting for it."""
+        store, settings = self.run.store, self.run.settings
+        upstream = self.schedule.stages[upstream_name].stage
+        for planning in self.schedule.streaming_from(upstream_name):
+            ids = planning.stage.streamed_items(store, settings, self.state, upstream, shard_id)
+            if not ids:
+                continue
+            if planning.covered is None:
+                planning.covered = covered_items(store, planning.stage, settings)
+            pending = [i for i in ids if i not in planning.covered and i not in planning.planned]
+            if not pending:
+                continue
+            planning.planned.update(pending)
+            shards = plan_items(store, planning.stage, settings, pending, settings.generation.shard_size,
+                                written=(upstream.table, shard_id))
+            self._submit_shards(planning.stage, shards)
+            self.schedule.submitted(planning.stage.name, len(shards))
+
+    def _submit_shards(self, stage: Stage, shards: list[str]) -> None:
+        size = self.run.settings.generation.shard_size
+        # every shard but the last is full: one plan read gives the item count
+        items = (len(shards) - 1) * size + len(read_plan(self.run.store, stage.name, shards[-1]).item_ids) if shards else 0
         self.tracker.plan(stage.name, len(shards), items)
-        return [(stage.name, shard_id) for shard_id in shards]
+        for shard_id in shards:
+            self._submit(stage.name, shard_id, self.task, {
+                "stage": stage.name, "shard_id": shard_id, "settings_payload": self.payload,
+                "run_id": self.run.run_id})
 
-    def run_shards(self, planned: list[tuple[str, str]]) -> None:
-        futures = [
-            self.task_runner.submit(self.task, {"stage": stage, "shard_id": shard_id,
-                                                "settings_payload": self.payload, "run_id": self.run.run_id})
-            for stage, shard_id in planned
-        ]
-        for future in as_completed(futures):
-            summary = future.result()
-            self.summaries.append(summary)
-            self.tracker.finish_shard(summary["stage"], summary)
+    def _submit(self, name: str, shard_id: str, task, parameters: dict[str, Any]) -> None:
+        future = self.task_runner.submit(task, parameters)
+        self.out[future] = (name, shard_id)
+        future.add_done_callback(self.finished.put)
 
 
 def synthesize_steps(settings: Settings) -> dict[str, float]:
@@ -108,22 +166,9 @@ def synthesize_flow(store: str | None = None, config: str | None = None, overrid
                                "(or check the reference filter's threshold)")
         logger.info("generating from %d documents, levels %s", len(doc_ids), sorted(resolved.generation.levels))
         state = PlanState(doc_ids=doc_ids)
-        with make_task_runner(resolved) as task_runner:
-            runner = StageRunner(run, task_runner, tracker)
-            for group in waves(resolved):
-                with stage_leases(run, group, logger):
-                    planned = []
-                    for stage in group:
-                        if stage.kind == GRAPH_STEP:
-                            tracker.plan(stage.name, 1)
-                            state.graph = _build_graph(run, runner.payload)
-                            run.summary["graph"] = state.graph
-                            tracker.finish_shard(stage.name, {})
-                        else:
-                            planned += runner.plan(stage, state)
-                    runner.run_shards(planned)
-                for stage in group:
-                    tracker.close(stage.name)
+        with make_task_runner(resolved) as task_runner, stage_leases(run, enabled_stages(resolved), logger):
+            runner = StageRunner(run, task_runner, tracker, state)
+            runner.run_all()
         run.summary["stages"] = stage_totals(runner.summaries, list(steps))
     if run.summary["stages"]:
         create_table_artifact(key="synthesize-stages", table=run.summary["stages"],
@@ -132,12 +177,13 @@ def synthesize_flow(store: str | None = None, config: str | None = None, overrid
 
 
 @contextmanager
-def stage_leases(run: RunContext, group: list[Stage], logger) -> Iterator[None]:
+def stage_leases(run: RunContext, stages: list[Stage], logger) -> Iterator[None]:
     """One run at a time plans and runs a stage on a store: a second run waits, then finds the
-    work covered (or stops with the holder's name after ``orchestration.lease_wait_s``)."""
+    work covered (or stops with the holder's name after ``orchestration.lease_wait_s``). The
+    leases are taken for the whole run: stages overlap, a shard of any may finish at any time."""
     options = run.settings.orchestration
     with ExitStack() as stack:
-        for stage in sorted(group, key=lambda s: s.name):
+        for stage in sorted(stages, key=lambda s: s.name):
             name = f"stage-{stage.name}"
             try:
                 stack.enter_context(acquire(run.store, name, run.run_id, options.lease_ttl_s))
@@ -146,11 +192,6 @@ def stage_leases(run: RunContext, group: list[Stage], logger) -> Iterator[None]:
                                run.store.url, held.holder.owner, held.holder.acquired_at, options.lease_wait_s)
                 stack.enter_context(acquire(run.store, name, run.run_id, options.lease_ttl_s, options.lease_wait_s))
         yield
-
-
-def _build_graph(run: RunContext, payload: dict[str, Any]) -> dict[str, Any]:
-    task = build_concept_graph.with_options(**shard_task_options(run.store, run.settings))
-    return task(payload, run.run_id, sorted(run.store.shard_ids("document_concepts")))
 
 
 @flow(name="synthllm-run")

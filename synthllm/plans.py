@@ -9,7 +9,7 @@ a shard's output file only stops a retried or concurrent task from writing it tw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from synthllm.resources import read_sql
 from synthllm.settings import Settings
-from synthllm.stages.base import Stage
+from synthllm.stages.base import Lookup, Stage
 from synthllm.store import Store, stable_hash
 
 
@@ -51,19 +51,34 @@ class ShardPlan:
         return self.lookup_shards.get(table) or None
 
 
-def plan_stage(store: Store, stage: Stage, settings: Settings, candidates: Sequence[str], shard_size: int) -> list[str]:
-    """Shards of the candidates not covered yet: new documents form new shards and finished
-    shards are not re-planned. Items are grouped by the source shard holding them."""
+def plan_stage(store: Store, stage: Stage, settings: Settings, candidates: Sequence[str], shard_size: int,
+               skip: Collection[str] = ()) -> list[str]:
+    """Shards of the candidates not covered yet (nor in ``skip``: planned earlier in this run):
+    new documents form new shards and finished shards are not re-planned."""
     covered = covered_items(store, stage, settings)
-    pending = [item for item in candidates if item not in covered]
-    located = locate(store, stage, pending)
-    looked_up = locate_lookups(store, stage, pending)
+    return plan_items(store, stage, settings, [i for i in candidates if i not in covered and i not in skip],
+                      shard_size)
+
+
+def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str], shard_size: int,
+               written: tuple[str, str] | None = None) -> list[str]:
+    """Shards of items known to be uncovered, grouped by the source shard holding them.
+    ``written`` = (table, shard) holding every item's row (a shard streamed from): no table scan
+    is needed to locate them there."""
+    in_written = (lambda table: written is not None and written[0] == table)
+    source_table = stage.source[0] if stage.source else None
+    located = dict.fromkeys(pending, written[1]) if in_written(source_table) else locate(store, stage, pending)
+    direct = [lookup for lookup in stage.lookups if lookup.via is None and in_written(lookup.table)]
+    looked_up = locate_lookups(store, stage, pending, [lookup for lookup in stage.lookups if lookup not in direct])
+    for lookup in direct:
+        for item in pending:
+            looked_up.setdefault(item, []).append(f"{lookup.table}:{written[1]}")
 
     def group(item: str) -> tuple[str, tuple[str, ...]]:
         return located.get(item, ""), tuple(looked_up.get(item, ()))
 
     order = {key: rank for rank, key in enumerate(dict.fromkeys(map(group, pending)))}
-    pending.sort(key=lambda item: order[group(item)])  # stable: candidate order within a group of files
+    pending = sorted(pending, key=lambda item: order[group(item)])  # stable: candidate order within a group
     return write_plans(store, stage, pending, shard_size, stage.plan_key(settings), located, looked_up)
 
 
@@ -85,11 +100,12 @@ def locate(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, str
     return dict(_select_in(store, table, f"{key}, any_value(shard_id)", key, item_ids, f"GROUP BY {key}"))
 
 
-def locate_lookups(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, list[str]]:
-    """Per item, the ``table:shard`` files holding the rows its stage's lookups read (one scan of
-    each lookup table's key column per stage and run)."""
+def locate_lookups(store: Store, stage: Stage, item_ids: Sequence[str], lookups: Sequence[Lookup] | None = None
+                   ) -> dict[str, list[str]]:
+    """Per item, the ``table:shard`` files holding the rows its stage's lookups (or ``lookups``)
+    read (one scan of each lookup table's key column per stage and run)."""
     found: dict[str, set[str]] = {}
-    for lookup in stage.lookups if item_ids else ():
+    for lookup in (stage.lookups if lookups is None else lookups) if item_ids else ():
         if lookup.via is None:
             keys_of = {item: [item] for item in item_ids}
         else:

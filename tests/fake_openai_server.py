@@ -108,6 +108,21 @@ class _ServiceClock:
     first_arrival: float | None = None
     last_finish: float | None = None
     slots: asyncio.Semaphore | None = field(default=None, repr=False)
+    served: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (start, end) of each request
+
+    def busy_by_second(self) -> list[float]:
+        """The share of slots busy in each second from the first arrival (where the idle time is)."""
+        if self.first_arrival is None or self.last_finish is None:
+            return []
+        bins = [0.0] * (int(self.last_finish - self.first_arrival) + 1)
+        for start, end in self.served:
+            start, end = start - self.first_arrival, end - self.first_arrival
+            while start < end:
+                second = int(start)
+                step = min(end, second + 1) - start
+                bins[second] += step
+                start += step
+        return [round(b / self.capacity, 3) for b in bins]
 
     @property
     def service_s(self) -> float:
@@ -214,7 +229,8 @@ class FakeOpenAIServer:
                 "max_in_flight": self.max_in_flight,
             }
         if self.clock is not None:
-            figures.update(rate=self.clock.rate, capacity=self.clock.capacity, busy_share=self.clock.busy_share())
+            figures.update(rate=self.clock.rate, capacity=self.clock.capacity, busy_share=self.clock.busy_share(),
+                           busy_by_second=self.clock.busy_by_second())
         return figures
 
     # ------------------------------------------------------------------ handlers
@@ -273,6 +289,7 @@ class FakeOpenAIServer:
             finished = time.monotonic()
             clock.busy_s += finished - started
             clock.last_finish = finished
+            clock.served.append((started, finished))
 
 
 def _error(error: Error) -> web.Response:

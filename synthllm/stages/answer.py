@@ -6,14 +6,16 @@ import atexit
 import threading
 from typing import Any
 
+import polars as pl
+
 from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.plans import ShardPlan, fetch_source
 from synthllm.resources import read_sql
 from synthllm.answers import EquivalencePool, vote_batch
 from synthllm.runs import Failure, utcnow
 from synthllm.settings import AnswerSettings, EngineSettings, SamplingSettings, Settings
-from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs
-from synthllm.stages.common import make_request, request_seed
+from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs, Stage
+from synthllm.stages.common import make_request, request_seed, written_ids
 from synthllm.store import Store
 
 
@@ -41,6 +43,16 @@ class AnswerStage(LLMStage):
 
     def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
         return store.query(read_sql("answer_candidates.sql"), tables=["questions", "curation"])["question_id"].to_list()
+
+    def streamed_items(self, store: Store, settings: Settings, state: PlanState, upstream: Stage,
+                       shard_id: str) -> list[str] | None:
+        """The questions the last gate kept in the shard it just wrote (the judge's when it runs,
+        else the rules'); with no gate at all, answers wait for every question."""
+        last_gate = "llm_judge" if settings.gate.judge_enabled else "question_gate" if settings.gate.enabled else None
+        if upstream.name != last_gate:
+            return None
+        return written_ids(store, "curation", shard_id, "question_id",
+                           (pl.col("check_name") == last_gate) & pl.col("kept"))
 
     def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
         return ShardInputs(fetch_source(store, self, plan, "question_id, question").to_dicts())

@@ -60,6 +60,12 @@ class PlanState:
 
     doc_ids: list[str] = field(default_factory=list)  # the run's documents, budget applied
     graph: dict[str, Any] | None = None  # the concept-graph step's summary (graph_key, subsets)
+    _doc_set: frozenset[str] | None = field(default=None, repr=False)
+
+    def has_document(self, doc_id: str) -> bool:
+        if self._doc_set is None:
+            self._doc_set = frozenset(self.doc_ids)
+        return doc_id in self._doc_set
 
 
 @dataclass
@@ -110,6 +116,15 @@ class Stage:
     def candidates(self, store: "Store", settings: Settings, state: PlanState) -> list[str]:
         """Every item the stage should cover in this run (coverage removes the done ones)."""
         raise NotImplementedError
+
+    def streamed_items(self, store: "Store", settings: Settings, state: PlanState, upstream: "Stage",
+                       shard_id: str) -> list[str] | None:
+        """Items that became ready when ``upstream`` wrote its shard ``shard_id`` (read from that
+        shard alone). The flow plans them at once, before ``upstream`` has finished its other
+        shards, so the engines do not drain at every stage boundary; the stage's full plan still
+        runs once everything it waits for has finished and catches what streaming did not.
+        None: this stage waits for the whole of ``upstream``."""
+        return None
 
     def load(self, store: "Store", settings: Settings, plan: "ShardPlan") -> ShardInputs:
         """A shard's inputs (``plan.item_ids``; ``fetch_source`` reads them from the plan's source shards)."""

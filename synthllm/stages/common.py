@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import polars as pl
+
 from synthllm.concepts import normalise_concept
 from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.plans import ShardPlan, fetch_source
@@ -21,6 +23,15 @@ def excerpt(text: str, max_chars: int) -> str:
         return text
     cut = text.rfind(" ", 0, max_chars)
     return text[: cut if cut > max_chars // 2 else max_chars] + " …"
+
+
+def written_ids(store: Store, table: str, shard_id: str, column: str, where: pl.Expr | None = None) -> list[str]:
+    """The ``column`` values of one shard just written (``where`` its rows): what a stage streams
+    from an upstream shard, read from that file alone."""
+    frame = store.read_table(table, [shard_id])
+    if where is not None:
+        frame = frame.filter(where)
+    return frame.get_column(column).unique(maintain_order=True).to_list()
 
 
 def request_seed(base_seed: int, stage: str, item_id: str) -> int:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import polars as pl
+
 from synthllm.concepts import normalise_concept
 from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.plans import ShardPlan, fetch_rows
 from synthllm.resources import read_sql
 from synthllm.runs import Failure
 from synthllm.settings import Settings
-from synthllm.stages.base import LLMStage, Lookup, PlanState, Provenance, ShardInputs
+from synthllm.stages.base import LLMStage, Lookup, PlanState, Provenance, ShardInputs, Stage
 from synthllm.stages.common import documents, excerpt, make_request, no_questions, question_rows, request_seed
 from synthllm.store import Store
 
@@ -37,6 +39,16 @@ class Level2Stage(LLMStage):
     def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
         ready = set(store.query(read_sql("documents_with_concepts.sql"))["doc_id"].to_list())
         return [d for d in state.doc_ids if d in ready]
+
+    def streamed_items(self, store: Store, settings: Settings, state: PlanState, upstream: Stage,
+                       shard_id: str) -> list[str] | None:
+        """The run's documents of a concepts shard with two key concepts or more (a document's
+        concept links are all in one shard)."""
+        if upstream.name != "concepts":
+            return None
+        links = store.read_table("document_concepts", [shard_id]).drop_nulls("kc_id")
+        counts = links.group_by("doc_id", maintain_order=True).agg(pl.col("kc_id").n_unique().alias("kcs"))
+        return [d for d in counts.filter(pl.col("kcs") >= 2).get_column("doc_id").to_list() if state.has_document(d)]
 
     def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
         links = fetch_rows(store, "document_concepts", "doc_id", plan.item_ids, "doc_id, kc_id, kc_surface",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import polars as pl
+
 from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.plans import ShardPlan, fetch_source
 from synthllm.runs import Failure
 from synthllm.settings import SamplingSettings, Settings
-from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs
-from synthllm.stages.common import make_request, request_seed
+from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs, Stage
+from synthllm.stages.common import make_request, request_seed, written_ids
 from synthllm.stages.question_gate import GATE_CHECK, gate_row
 from synthllm.store import Store
 
@@ -39,6 +41,16 @@ class LLMJudgeStage(LLMStage):
         sql = (f"SELECT question_id FROM curation WHERE check_name = '{GATE_CHECK}' AND kept "
                "ORDER BY question_id") if settings.gate.enabled else "SELECT question_id FROM questions"
         return store.query(sql, tables=["questions", "curation"])["question_id"].to_list()
+
+    def streamed_items(self, store: Store, settings: Settings, state: PlanState, upstream: Stage,
+                       shard_id: str) -> list[str] | None:
+        """The questions a gate shard kept (or, with no gate, a question shard's questions)."""
+        if upstream.name == GATE_CHECK:
+            return written_ids(store, "curation", shard_id, "question_id",
+                               (pl.col("check_name") == GATE_CHECK) & pl.col("kept"))
+        if upstream.level is not None and not settings.gate.enabled:
+            return written_ids(store, "questions", shard_id, "question_id")
+        return None
 
     def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
         return ShardInputs(fetch_source(store, self, plan, "question_id, level, question").to_dicts())

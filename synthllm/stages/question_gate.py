@@ -12,7 +12,8 @@ from synthllm.plans import ShardPlan, fetch_rows, fetch_source
 from synthllm.question_checks import RULES_VERSION, check_questions
 from synthllm.runs import Failure
 from synthllm.settings import Settings
-from synthllm.stages.base import PlanState, Provenance, RuleStage, ShardInputs
+from synthllm.stages.base import PlanState, Provenance, RuleStage, ShardInputs, Stage
+from synthllm.stages.common import written_ids
 from synthllm.store import Store
 
 GATE_CHECK = "question_gate"
@@ -43,6 +44,11 @@ class QuestionGateStage(RuleStage):
     def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
         return store.query("SELECT question_id FROM questions ORDER BY level, question_id",
                            tables=["questions"])["question_id"].to_list()
+
+    def streamed_items(self, store: Store, settings: Settings, state: PlanState, upstream: Stage,
+                       shard_id: str) -> list[str] | None:
+        """A question shard's questions, gated as soon as it is written."""
+        return written_ids(store, "questions", shard_id, "question_id") if upstream.level is not None else None
 
     def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
         questions = fetch_source(store, self, plan, "question_id, level, question, concepts, combo_id").to_dicts()

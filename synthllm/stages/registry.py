@@ -73,24 +73,28 @@ def enabled_stages(settings: Settings, flow: str = "synthesize") -> list[Stage]:
     return [s for s in stages if s.name in needed and s.enabled(settings)]
 
 
-def waves(settings: Settings, flow: str = "synthesize") -> list[list[Stage]]:
-    """The flow's enabled stages in dependency order, grouped so each group's stages run together."""
+def dependencies(settings: Settings, flow: str = "synthesize") -> dict[str, set[str]]:
+    """The enabled stages each enabled stage waits for; a disabled one passes on its own
+    dependencies (no gate: answers still wait for the questions)."""
     enabled = enabled_stages(settings, flow)
     names = {s.name for s in enabled}
     by_name = {s.name: s for s in STAGES}
 
     def waits_for(stage: Stage) -> set[str]:
-        """Enabled stages it runs after; a disabled one passes on its own dependencies (no gate:
-        answers still wait for the questions)."""
         found: set[str] = set()
         for dep in stage.after:
             found |= {dep} if dep in names else waits_for(by_name[dep]) if dep in by_name else set()
         return found
 
-    deps = {s.name: waits_for(s) for s in enabled}
+    return {s.name: waits_for(s) for s in enabled}
+
+
+def waves(settings: Settings, flow: str = "synthesize") -> list[list[Stage]]:
+    """The flow's enabled stages in dependency order, grouped so each group's stages could run together."""
+    deps = dependencies(settings, flow)
     done: set[str] = set()
     groups: list[list[Stage]] = []
-    remaining = list(enabled)
+    remaining = enabled_stages(settings, flow)
     while remaining:
         ready = [s for s in remaining if deps[s.name] <= done]
         if not ready:
