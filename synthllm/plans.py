@@ -26,6 +26,11 @@ def plan_path(store: Store, stage: str, shard_id: str) -> str:
     return store.path("plans", stage, f"{shard_id}.parquet")
 
 
+def inputs_path(store: Store, stage: str, shard_id: str) -> str:
+    """Inputs a stage wrote beside a shard's plan (``Stage.prepare``)."""
+    return store.path("plans", stage, "inputs", f"{shard_id}.parquet")
+
+
 def covered_items(store: Store, stage: Stage, settings: Settings) -> set[str]:
     """Items ``stage`` already dealt with for its version and model (query derived from the stage)."""
     sql = read_sql("covered_items.sql").format(table=stage.table, item_column=stage.item_column,
@@ -79,7 +84,9 @@ def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str
 
     order = {key: rank for rank, key in enumerate(dict.fromkeys(map(group, pending)))}
     pending = sorted(pending, key=lambda item: order[group(item)])  # stable: candidate order within a group
-    return write_plans(store, stage, pending, shard_size, stage.plan_key(settings), located, looked_up)
+    shard_ids = write_plans(store, stage, pending, shard_size, stage.plan_key(settings), located, looked_up)
+    stage.prepare(store, settings, shard_ids)
+    return shard_ids
 
 
 def _select_in(store: Store, table: str, select: str, key: str, ids: Sequence[str], group_by: str = "") -> list:

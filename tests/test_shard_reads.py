@@ -62,3 +62,34 @@ def test_shard_reads_only_the_files_its_plan_names(run_store, monkeypatch, stage
         everything = stage(stage_name).load(store, settings, dataclasses.replace(plan, lookup_shards={}))
         assert inputs.items == everything.items and len(inputs.failures) == len(everything.failures)
     assert narrower, "some shard must read fewer files than the whole table"
+
+
+def test_level3_shard_reads_prepared_references_not_documents(run_store, monkeypatch) -> None:
+    """A level-3 shard's references come from the whole corpus: planning writes their heads beside
+    the plan, so the shard opens no documents shard at all (today's main opened every one that
+    held a reference: per-shard reads grew with the corpus)."""
+    store, settings = Store(run_store), load_settings(overrides=OVERRIDES, store=run_store)
+    level3 = stage("level3")
+    plans = [read_plan(store, "level3", path.rsplit("/", 1)[1].removesuffix(".parquet"))
+             for path in store.glob(store.path("plans", "level3", "*.parquet"))]
+    assert plans
+    for plan in plans:
+        read: list[str] = []
+        read_files = Store.read_parquet_files
+
+        def recording(self, paths, schema=None, read=read, read_files=read_files):
+            paths = list(paths)
+            read.extend(paths)
+            return read_files(self, paths, schema)
+
+        monkeypatch.setattr(Store, "read_parquet_files", recording)
+        scanned = _whole_table_scans(monkeypatch, store)
+        inputs = level3.load(store, settings, plan)
+        monkeypatch.undo()
+        assert not [p for p in read if "/tables/documents/" in p] and "documents" not in scanned
+        assert any(item["references"] for item in inputs.items)
+        # the same prompts as from the documents themselves
+        texts = dict(store.read_table("documents").select("doc_id", "text").iter_rows())
+        for item in inputs.items:
+            want = [texts[d] for d in item["ref_doc_ids"] if d in texts]
+            assert level3.request(item, settings) == level3.request({**item, "references": want}, settings)

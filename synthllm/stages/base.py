@@ -126,6 +126,11 @@ class Stage:
         None: this stage waits for the whole of ``upstream``."""
         return None
 
+    def prepare(self, store: "Store", settings: Settings, shard_ids: list[str]) -> None:
+        """Write inputs beside new plans (``plans.inputs_path``) that a shard would otherwise
+        gather from files spread over the whole corpus: planning reads them in one pass, each
+        shard then reads one file. Default: nothing to write."""
+
     def load(self, store: "Store", settings: Settings, plan: "ShardPlan") -> ShardInputs:
         """A shard's inputs (``plan.item_ids``; ``fetch_source`` reads them from the plan's source shards)."""
         raise NotImplementedError

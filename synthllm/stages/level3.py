@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import polars as pl
+
 from synthllm.concepts import normalise_concept
 from synthllm.engines.base import ChatRequest, ChatResult
-from synthllm.plans import ShardPlan, fetch_rows, fetch_source
+from synthllm.plans import ShardPlan, fetch_rows, fetch_source, inputs_path, read_plan
 from synthllm.resources import read_sql
 from synthllm.runs import Failure
 from synthllm.settings import Settings
@@ -16,6 +18,9 @@ from synthllm.stages.common import excerpt, make_request, no_questions, question
 from synthllm.store import Store
 
 _TOPIC_SUFFIX = re.compile(r"\s*\(topic:[^)]*\)\s*$")
+# Reference documents held at once while preparing level-3 shards (heads of doc_chars characters:
+# about 300 MB at the default 3,000); more pending shards take more passes over the documents.
+REFERENCES_PER_PASS = 100_000
 
 
 def concept_lines(kcs: list[str], kc_topics: list[str | None], names: dict[str, str]) -> str:
@@ -48,11 +53,35 @@ class Level3Stage(LLMStage):
             return []
         return store.query(read_sql("graph_combinations.sql"), [state.graph["graph_key"]])["combo_id"].to_list()
 
+    def prepare(self, store: Store, settings: Settings, shard_ids: list[str]) -> None:
+        """The head of each reference document, written beside each new plan: a shard's
+        combinations cite documents from the whole corpus, so reading them per shard would open
+        every documents shard. Planning reads the documents once per batch of shards instead."""
+        todo = [s for s in shard_ids if not store.exists(inputs_path(store, self.name, s))]
+        while todo:
+            batch, refs, wanted = [], {}, set()
+            while todo and len(wanted) < REFERENCES_PER_PASS:
+                plan = read_plan(store, self.name, todo.pop(0))
+                combos = fetch_source(store, self, plan, "ref_doc_ids")
+                refs[plan.shard_id] = sorted({d for ids in combos["ref_doc_ids"].to_list() for d in ids})
+                wanted.update(refs[plan.shard_id])
+                batch.append(plan)
+            shards = sorted({s for plan in batch for s in plan.shards_of("documents") or ()}) or None
+            heads = fetch_rows(store, "documents", "doc_id", sorted(wanted), "doc_id, text", shards).with_columns(
+                pl.col("text").str.slice(0, settings.generation.doc_chars))
+            for plan in batch:
+                store.write_parquet(inputs_path(store, self.name, plan.shard_id),
+                                    heads.filter(pl.col("doc_id").is_in(refs[plan.shard_id])).to_arrow())
+
     def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
         combos = fetch_source(store, self, plan).to_dicts()
-        ref_ids = sorted({d for c in combos for d in c["ref_doc_ids"]})
-        texts = dict(fetch_rows(store, "documents", "doc_id", ref_ids, "doc_id, text",
-                                plan.shards_of("documents")).iter_rows())
+        prepared = inputs_path(store, self.name, plan.shard_id)
+        if store.exists(prepared):
+            texts = dict(pl.from_arrow(store.read_parquet_files([prepared])).iter_rows())
+        else:  # a plan written before references were prepared
+            ref_ids = sorted({d for c in combos for d in c["ref_doc_ids"]})
+            texts = dict(fetch_rows(store, "documents", "doc_id", ref_ids, "doc_id, text",
+                                    plan.shards_of("documents")).iter_rows())
         concept_ids = sorted({c for combo in combos for c in combo["topics"] + combo["kcs"]})
         concepts = fetch_rows(store, "concepts", "concept_id", concept_ids, "concept_id, name, surface_forms")
         names = {cid: (forms[0] if forms else name) for cid, name, forms in concepts.iter_rows()}
