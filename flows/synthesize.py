@@ -2,8 +2,8 @@
 
 ``synthesize_flow`` runs the stage registry (``synthllm.stages.registry``) in dependency order,
 overlapping the stages: a shard a stage finishes is planned for the stages waiting for it at once
-(``synthllm.stages.schedule``), and the task runner (threads, Dask or Ray) spreads them out. ``run_pipeline_flow`` is the whole job: ingest,
-reference filtering, synthesis, curation, export.
+(``synthllm.stages.schedule``), and the task runner (threads, Dask or Ray) spreads them out.
+``run_pipeline_flow`` is the whole job: ingest, reference filtering, synthesis, curation, export.
 """
 
 from __future__ import annotations
@@ -112,7 +112,9 @@ class StageRunner:
     def _submit_shards(self, stage: Stage, shards: list[str]) -> None:
         size = self.run.settings.generation.shard_size
         # every shard but the last is full: one plan read gives the item count
-        items = (len(shards) - 1) * size + len(read_plan(self.run.store, stage.name, shards[-1]).item_ids) if shards else 0
+        items = 0
+        if shards:
+            items = (len(shards) - 1) * size + len(read_plan(self.run.store, stage.name, shards[-1]).item_ids)
         self.tracker.plan(stage.name, len(shards), items)
         for shard_id in shards:
             self._submit(stage.name, shard_id, self.task, {

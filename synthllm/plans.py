@@ -26,9 +26,9 @@ def plan_path(store: Store, stage: str, shard_id: str) -> str:
     return store.path("plans", stage, f"{shard_id}.parquet")
 
 
-def inputs_path(store: Store, stage: str, shard_id: str) -> str:
-    """Inputs a stage wrote beside a shard's plan (``Stage.prepare``)."""
-    return store.path("plans", stage, "inputs", f"{shard_id}.parquet")
+def inputs_path(store: Store, stage: str, shard_id: str, name: str) -> str:
+    """Inputs (``name``) a stage wrote beside a shard's plan (``Stage.prepare``)."""
+    return store.path("plans", stage, "inputs", name, f"{shard_id}.parquet")
 
 
 def covered_items(store: Store, stage: Stage, settings: Settings) -> set[str]:

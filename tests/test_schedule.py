@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import polars as pl
+import pytest
 
 from flows.synthesize import synthesize_flow
 from scripted_llm import PipelineResponder
@@ -14,7 +16,13 @@ from synthllm.engines.base import ChatRequest
 from synthllm.settings import load_settings
 from synthllm.stages.schedule import Schedule
 from synthllm.store import Store
-from test_pipeline import OVERRIDES, sample_store, scripted  # noqa: F401 - sample_store is a fixture
+from test_pipeline import OVERRIDES, ingest_sample, scripted
+
+
+@pytest.fixture
+def sample_store(store_url: str, sample_dir: Path) -> str:
+    ingest_sample(store_url, sample_dir)
+    return store_url
 
 
 def test_a_stage_is_planned_in_full_only_after_what_it_waits_for_has_finished() -> None:

@@ -65,9 +65,10 @@ def test_shard_reads_only_the_files_its_plan_names(run_store, monkeypatch, stage
 
 
 def test_level3_shard_reads_prepared_references_not_documents(run_store, monkeypatch) -> None:
-    """A level-3 shard's references come from the whole corpus: planning writes their heads beside
-    the plan, so the shard opens no documents shard at all (today's main opened every one that
-    held a reference: per-shard reads grew with the corpus)."""
+    """A level-3 shard's references and concepts come from the whole corpus: planning writes the
+    documents' heads and the concepts' names beside the plan, so the shard opens no documents
+    shard and scans no concepts table (today's main opened every documents shard holding a
+    reference and scanned all concepts: per-shard reads grew with the corpus)."""
     store, settings = Store(run_store), load_settings(overrides=OVERRIDES, store=run_store)
     level3 = stage("level3")
     plans = [read_plan(store, "level3", path.rsplit("/", 1)[1].removesuffix(".parquet"))
@@ -87,6 +88,7 @@ def test_level3_shard_reads_prepared_references_not_documents(run_store, monkeyp
         inputs = level3.load(store, settings, plan)
         monkeypatch.undo()
         assert not [p for p in read if "/tables/documents/" in p] and "documents" not in scanned
+        assert "concepts" not in scanned
         assert any(item["references"] for item in inputs.items)
         # the same prompts as from the documents themselves
         texts = dict(store.read_table("documents").select("doc_id", "text").iter_rows())

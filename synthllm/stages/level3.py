@@ -29,6 +29,14 @@ def concept_lines(kcs: list[str], kc_topics: list[str | None], names: dict[str, 
                      for kc, topic in zip(kcs, kc_topics, strict=True))
 
 
+def concept_names(store: Store, concept_ids: list[str]) -> pl.DataFrame:
+    """(concept_id, name): the first surface form, as written in the documents, else the canonical name."""
+    concepts = fetch_rows(store, "concepts", "concept_id", concept_ids, "concept_id, name, surface_forms")
+    return pl.DataFrame({"concept_id": concepts["concept_id"].to_list(),
+                         "name": [forms[0] if forms else name for _, name, forms in concepts.iter_rows()]},
+                        schema={"concept_id": pl.String, "name": pl.String})
+
+
 class Level3Stage(LLMStage):
     name = "level3"
     prompt_name = "level3_questions"
@@ -54,37 +62,39 @@ class Level3Stage(LLMStage):
         return store.query(read_sql("graph_combinations.sql"), [state.graph["graph_key"]])["combo_id"].to_list()
 
     def prepare(self, store: Store, settings: Settings, shard_ids: list[str]) -> None:
-        """The head of each reference document, written beside each new plan: a shard's
-        combinations cite documents from the whole corpus, so reading them per shard would open
-        every documents shard. Planning reads the documents once per batch of shards instead."""
-        todo = [s for s in shard_ids if not store.exists(inputs_path(store, self.name, s))]
+        """The head of each reference document and the names of the concepts, written beside
+        each new plan: a shard's combinations cite documents and concepts from the whole corpus,
+        so reading them per shard would open every documents shard and scan the concepts table.
+        Planning reads both once per batch of shards instead."""
+        todo = [s for s in shard_ids if not store.exists(inputs_path(store, self.name, s, "names"))]
         while todo:
-            batch, refs, wanted = [], {}, set()
-            while todo and len(wanted) < REFERENCES_PER_PASS:
+            batch, refs, concepts = [], {}, {}
+            while todo and sum(map(len, refs.values())) < REFERENCES_PER_PASS:
                 plan = read_plan(store, self.name, todo.pop(0))
-                combos = fetch_source(store, self, plan, "ref_doc_ids")
-                refs[plan.shard_id] = sorted({d for ids in combos["ref_doc_ids"].to_list() for d in ids})
-                wanted.update(refs[plan.shard_id])
+                combos = fetch_source(store, self, plan, "ref_doc_ids, topics, kcs").to_dicts()
+                refs[plan.shard_id] = sorted({d for c in combos for d in c["ref_doc_ids"]})
+                concepts[plan.shard_id] = sorted({k for c in combos for k in c["topics"] + c["kcs"]})
                 batch.append(plan)
             shards = sorted({s for plan in batch for s in plan.shards_of("documents") or ()}) or None
-            heads = fetch_rows(store, "documents", "doc_id", sorted(wanted), "doc_id, text", shards).with_columns(
-                pl.col("text").str.slice(0, settings.generation.doc_chars))
-            for plan in batch:
-                store.write_parquet(inputs_path(store, self.name, plan.shard_id),
+            heads = fetch_rows(store, "documents", "doc_id", sorted({d for ids in refs.values() for d in ids}),
+                               "doc_id, text", shards)
+            heads = heads.with_columns(pl.col("text").str.slice(0, settings.generation.doc_chars))
+            names = concept_names(store, sorted({k for ids in concepts.values() for k in ids}))
+            for plan in batch:  # names last: their file marks the shard prepared
+                store.write_parquet(inputs_path(store, self.name, plan.shard_id, "references"),
                                     heads.filter(pl.col("doc_id").is_in(refs[plan.shard_id])).to_arrow())
+                store.write_parquet(inputs_path(store, self.name, plan.shard_id, "names"),
+                                    names.filter(pl.col("concept_id").is_in(concepts[plan.shard_id])).to_arrow())
 
     def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
         combos = fetch_source(store, self, plan).to_dicts()
-        prepared = inputs_path(store, self.name, plan.shard_id)
-        if store.exists(prepared):
-            texts = dict(pl.from_arrow(store.read_parquet_files([prepared])).iter_rows())
-        else:  # a plan written before references were prepared
-            ref_ids = sorted({d for c in combos for d in c["ref_doc_ids"]})
-            texts = dict(fetch_rows(store, "documents", "doc_id", ref_ids, "doc_id, text",
-                                    plan.shards_of("documents")).iter_rows())
-        concept_ids = sorted({c for combo in combos for c in combo["topics"] + combo["kcs"]})
-        concepts = fetch_rows(store, "concepts", "concept_id", concept_ids, "concept_id, name, surface_forms")
-        names = {cid: (forms[0] if forms else name) for cid, name, forms in concepts.iter_rows()}
+        if store.exists(inputs_path(store, self.name, plan.shard_id, "names")):
+            texts, names = (dict(pl.from_arrow(store.read_parquet_files([
+                inputs_path(store, self.name, plan.shard_id, part)])).iter_rows()) for part in ("references", "names"))
+        else:  # a plan written before its inputs were prepared
+            texts = dict(fetch_rows(store, "documents", "doc_id", sorted({d for c in combos for d in c["ref_doc_ids"]}),
+                                    "doc_id, text", plan.shards_of("documents")).iter_rows())
+            names = dict(concept_names(store, sorted({k for c in combos for k in c["topics"] + c["kcs"]})).iter_rows())
         items = []
         for combo in combos:
             kc_topics = combo.get("kc_topics") or [None] * len(combo["kcs"])
