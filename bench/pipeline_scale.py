@@ -185,6 +185,29 @@ def shard_figures(runs: list[Any], shards: list[dict[str, Any]]) -> dict[str, An
     return {"stages": out, "prefect_overhead_per_shard": prefect}
 
 
+def quiet_reads(store_url: str, overrides: dict[str, Any], per_stage: int = 5) -> dict[str, float]:
+    """Median seconds to read a shard's plan and inputs, per stage, measured after the run one
+    shard at a time: during the run stages overlap and a shard's read time includes waiting for
+    the GIL behind the other shards' work."""
+    from synthllm.plans import read_plan
+    from synthllm.settings import load_settings
+    from synthllm.stages.registry import STAGES
+    from synthllm.store import Store
+
+    store, settings = Store(store_url), load_settings(overrides=overrides, store=store_url)
+    out = {}
+    for stage in STAGES:
+        paths = sorted(store.glob(store.path("plans", stage.name, "*.parquet")))[:per_stage]
+        times = []
+        for path in paths:
+            began = time.perf_counter()
+            stage.load(store, settings, read_plan(store, stage.name, path.rsplit("/", 1)[1].removesuffix(".parquet")))
+            times.append(time.perf_counter() - began)
+        if times:
+            out[stage.name] = round(statistics.median(times), 4)
+    return out
+
+
 def store_files(store: Path) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for path in store.rglob("*"):
@@ -244,6 +267,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         "total_wall_s": round(sum(p["wall_s"] for p in phases.figures.values()), 2),
         "total_cpu_s": round(sum(p["cpu_s"] for p in phases.figures.values()), 2),
         **shard_figures(task_runs(state.state_details.flow_run_id), shards),
+        "quiet_read_s_median": quiet_reads(store, overrides),
         "store_files": store_files(Path(store)),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "children_peak_rss_mb": round(children_rss / 1024),
@@ -296,6 +320,9 @@ def growth(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "llm_requests": round(big["llm_requests"] / small["llm_requests"], 2),
             "store_files": round(big["store_files"]["total"] / small["store_files"]["total"], 2),
             "per_shard_read_median": reads,
+            "quiet_read_median": {stage: round(t / max(small["quiet_read_s_median"].get(stage, 0), 1e-4), 2)
+                                  for stage, t in big["quiet_read_s_median"].items()
+                                  if stage in small["quiet_read_s_median"]},
         }
     return out
 
@@ -323,7 +350,7 @@ def part_replicas(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             urls = [server.stdout.readline().strip() for server in servers]
             documents = args.replica_documents * count
             run = spawn(["--mode", "openai", "--documents", str(documents), "--capacity", str(args.capacity),
-                         "--base-urls", *urls], work, args.timeout_s)
+                         "--task-workers", str(args.replica_task_workers), "--base-urls", *urls], work, args.timeout_s)
             stats = [json.loads(urllib.request.urlopen(url.removesuffix("/v1") + "/stats").read()) for url in urls]
         finally:
             for server in servers:
@@ -345,7 +372,8 @@ def part_replicas(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     base = runs[0]["requests_per_s"]
     for run in runs:
         run["speedup"] = round(run["requests_per_s"] / base, 2)
-    return {"rate_per_replica": args.rate, "capacity_per_replica": args.capacity, "runs": runs,
+    return {"rate_per_replica": args.rate, "capacity_per_replica": args.capacity,
+            "task_workers": args.replica_task_workers, "runs": runs,
             "targets": {"busy_share": ">= 0.9", "speedup": "~N"}}
 
 
@@ -415,6 +443,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="replies/s per replica with every slot busy")
     parser.add_argument("--capacity", type=int, default=64, help="requests in flight per replica")
     parser.add_argument("--replica-documents", type=int, default=200, help="documents per replica")
+    parser.add_argument("--replica-task-workers", type=int, default=4,
+                        help="shard threads of the flow (orchestration.task_workers) in the replicas part")
     parser.add_argument("--worker-documents", type=int, default=3000)
     parser.add_argument("--loopback-documents", type=int, default=10_000)
     parser.add_argument("--timeout-s", type=float, default=7200)
