@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 from scipy import sparse
+from scipy.sparse import csgraph  # noqa: F401 - loads sparse.csgraph
 
 from synthllm.settings import GraphSettings
 
@@ -252,6 +253,21 @@ class ConceptGraph:
         """Node and edge counts, for run summaries."""
         return {"subset": self.subset, "topics": self.n_topics, "kcs": self.kcs.len(),
                 **{f"edges_{kind}": int(arrays.src.size) for kind, arrays in self.edges.items()}}
+
+    def connectivity(self) -> tuple[int, float]:
+        """Connected components and density of the whole graph, as networkx counts them on
+        ``to_networkx()``, from the edge arrays (no Python object per edge)."""
+        n = self.n_topics + self.kcs.len()
+        if n == 0:
+            return 0, 0.0
+        ends = [(arrays.src + (self.n_topics if kind == KC_KC else 0),
+                 arrays.dst + (0 if kind == TOPIC_TOPIC else self.n_topics)) for kind, arrays in self.edges.items()]
+        src = np.concatenate([s for s, _ in ends]).astype(np.int64) if ends else np.zeros(0, np.int64)
+        dst = np.concatenate([d for _, d in ends]).astype(np.int64) if ends else np.zeros(0, np.int64)
+        adjacency = sparse.coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
+        components = int(sparse.csgraph.connected_components(adjacency, directed=False)[0])
+        edges = len(np.unique(np.minimum(src, dst) * n + np.maximum(src, dst)))
+        return components, (2 * edges / (n * (n - 1)) if n > 1 else 0.0)
 
     def to_networkx(self) -> nx.Graph:
         """The graph as networkx (node attribute ``kind``, edge attributes ``kind``, ``count``).

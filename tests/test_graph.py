@@ -76,6 +76,22 @@ def test_networkx_view_matches_the_counts() -> None:
     assert nx_graph.nodes["kc:z"]["kind"] == "kc"
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_connectivity_from_the_arrays_matches_networkx(seed: int) -> None:
+    """Components and density for the stage's summary come from the arrays, as networkx counts them."""
+    import networkx as nx
+
+    # two corpora with disjoint vocabularies in one subset: at least two components
+    left = random_corpus(40, seed=seed, n_topics=6, n_kcs=15)
+    right = random_corpus(25, seed=seed + 10, n_topics=5, n_kcs=12).with_columns(
+        pl.col("doc_id") + "r", pl.col("topic_id") + "r", pl.col("kc_id") + "r")
+    (graph,) = build_graphs(pl.concat([left, right]), GraphSettings(subset_size=1000))
+    view = graph.to_networkx()
+    components, density = graph.connectivity()
+    assert components == nx.number_connected_components(view) >= 2
+    assert density == pytest.approx(nx.density(view))
+
+
 def test_links_are_validated() -> None:
     with pytest.raises(ValueError, match="missing"):
         build_graphs(HAND_BUILT.drop("kc_id"), GraphSettings())

@@ -13,6 +13,7 @@ and the coverage query is derived from the stage's ``table``, ``item_column`` an
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,10 +39,23 @@ class Provenance:
 
     @staticmethod
     def of(version: str, model: str, request: ChatRequest | None = None) -> "Provenance":
-        params = {} if request is None else {
-            "temperature": request.temperature, "top_p": request.top_p, "max_tokens": request.max_tokens,
-            "n": request.n, "seed": request.seed}
-        return Provenance(version, model, json.dumps(params, sort_keys=True))
+        if request is None:
+            return Provenance(version, model, "{}")
+        head, tail = _params_around_seed(request.temperature, request.top_p, request.max_tokens, request.n)
+        return Provenance(version, model, f"{head}{json.dumps(request.seed)}{tail}")
+
+
+_SEED_MARK = "\x00seed\x00"
+
+
+@lru_cache(maxsize=256)
+def _params_around_seed(temperature: float, top_p: float, max_tokens: int, n: int) -> tuple[str, str]:
+    """The sampling-params JSON (sorted keys) split where the per-item seed goes: one
+    ``json.dumps`` per distinct sampling, not per row."""
+    text = json.dumps({"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "n": n,
+                       "seed": _SEED_MARK}, sort_keys=True)
+    head, tail = text.split(json.dumps(_SEED_MARK))
+    return head, tail
 
 
 @dataclass(frozen=True)
