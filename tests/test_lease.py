@@ -69,8 +69,9 @@ def test_an_expired_lease_is_taken_over(store: Store) -> None:
 
 
 def test_renewal_keeps_a_short_lease_alive(store: Store) -> None:
-    with acquire(store, "answer", "run-a", ttl_s=0.9) as lease:
-        time.sleep(2.0)  # two ttl's: without renewal it would have expired
+    # ttl 1.5 s: renewals every 0.5 s leave room for a slow S3 call on a loaded machine (0.9 s was flaky in CI)
+    with acquire(store, "answer", "run-a", ttl_s=1.5) as lease:
+        time.sleep(3.2)  # two ttl's: without renewal it would have expired
         assert not holder(store, "answer").expired
         with pytest.raises(LeaseHeld, match="run-a"):
             with acquire(Store(store.settings), "answer", "run-b", ttl_s=30):
