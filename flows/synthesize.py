@@ -18,7 +18,14 @@ from prefect.artifacts import create_table_artifact
 
 from flows.tracking import Tracker, tracked
 from synthllm.lease import LeaseHeld, acquire
-from synthllm.plans import covered_items, plan_items, plan_stage, read_plan, select_documents
+from synthllm.plans import (
+    covered_items,
+    plan_items,
+    plan_stage,
+    read_plan,
+    select_documents,
+    upstream_locations,
+)
 from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import RunContext, open_run
 from synthllm.settings import Settings, resolve_settings, settings_payload
@@ -87,8 +94,7 @@ class StageRunner:
                 candidates = stage.candidates(self.run.store, self.run.settings, self.state)
                 shards = plan_stage(self.run.store, stage, self.run.settings, candidates,
                                     self.run.settings.generation.shard_size, skip=planning.planned)
-                self._submit_shards(stage, shards)
-                self.schedule.submitted(stage.name, len(shards), swept=True)
+                self._submit_shards(stage, shards, swept=True)
 
     def _stream(self, upstream_name: str, shard_id: str) -> None:
         """Plan the items ``upstream``'s new shard made ready for the stages waiting for it."""
@@ -104,12 +110,13 @@ class StageRunner:
             if not pending:
                 continue
             planning.planned.update(pending)
+            located, looked_up = upstream_locations(store, planning.stage, upstream, shard_id, pending)
             shards = plan_items(store, planning.stage, settings, pending, settings.generation.shard_size,
-                                written=(upstream.table, shard_id))
-            self._submit_shards(planning.stage, shards)
-            self.schedule.submitted(planning.stage.name, len(shards))
+                                located, looked_up)
+            self._submit_shards(planning.stage, shards, swept=False)
 
-    def _submit_shards(self, stage: Stage, shards: list[str]) -> None:
+    def _submit_shards(self, stage: Stage, shards: list[str], swept: bool) -> None:
+        """Submit a stage's new shards; ``swept``: they are its full plan (no more streaming)."""
         size = self.run.settings.generation.shard_size
         # every shard but the last is full: one plan read gives the item count
         items = 0
@@ -120,6 +127,7 @@ class StageRunner:
             self._submit(stage.name, shard_id, self.task, {
                 "stage": stage.name, "shard_id": shard_id, "settings_payload": self.payload,
                 "run_id": self.run.run_id})
+        self.schedule.submitted(stage.name, len(shards), swept=swept)
 
     def _submit(self, name: str, shard_id: str, task, parameters: dict[str, Any]) -> None:
         future = self.task_runner.submit(task, parameters)

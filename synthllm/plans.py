@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from synthllm.resources import read_sql
 from synthllm.settings import Settings
-from synthllm.stages.base import Lookup, Stage
+from synthllm.stages.base import Stage
 from synthllm.store import Store, stable_hash
 
 
@@ -66,18 +66,15 @@ def plan_stage(store: Store, stage: Stage, settings: Settings, candidates: Seque
 
 
 def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str], shard_size: int,
-               written: tuple[str, str] | None = None) -> list[str]:
+               located: dict[str, str] | None = None, looked_up: dict[str, list[str]] | None = None) -> list[str]:
     """Shards of items known to be uncovered, grouped by the source shard holding them.
-    ``written`` = (table, shard) holding every item's row (a shard streamed from): no table scan
-    is needed to locate them there."""
-    in_written = (lambda table: written is not None and written[0] == table)
-    source_table = stage.source[0] if stage.source else None
-    located = dict.fromkeys(pending, written[1]) if in_written(source_table) else locate(store, stage, pending)
-    direct = [lookup for lookup in stage.lookups if lookup.via is None and in_written(lookup.table)]
-    looked_up = locate_lookups(store, stage, pending, [lookup for lookup in stage.lookups if lookup not in direct])
-    for lookup in direct:
-        for item in pending:
-            looked_up.setdefault(item, []).append(f"{lookup.table}:{written[1]}")
+    ``located`` / ``looked_up``: where the items' rows are, when the caller knows (a shard
+    streamed from, ``upstream_locations``); the table scans of ``locate`` and
+    ``locate_lookups`` are left out then."""
+    if located is None:
+        located = locate(store, stage, pending)
+    if looked_up is None:
+        looked_up = locate_lookups(store, stage, pending)
 
     def group(item: str) -> tuple[str, tuple[str, ...]]:
         return located.get(item, ""), tuple(looked_up.get(item, ()))
@@ -87,6 +84,27 @@ def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str
     shard_ids = write_plans(store, stage, pending, shard_size, stage.plan_key(settings), located, looked_up)
     stage.prepare(store, settings, shard_ids)
     return shard_ids
+
+
+def upstream_locations(store: Store, stage: Stage, upstream: Stage, shard_id: str, item_ids: Sequence[str]
+                       ) -> tuple[dict[str, str] | None, dict[str, list[str]] | None]:
+    """Where items streamed from ``upstream``'s shard ``shard_id`` have their rows, as far as
+    that shard and its plan tell (None: not known, scan): in the shard itself when it is the
+    stage's source or lookup table, or in the upstream plan's source shards when both stages
+    read the same source (level 2 after concepts: the same documents shards)."""
+    located = None
+    if stage.source is not None and stage.source[0] == upstream.table:
+        located = dict.fromkeys(item_ids, shard_id)
+    elif stage.source is not None and stage.source == upstream.source:
+        plan = store.read_parquet_files([plan_path(store, upstream.name, shard_id)])
+        sources = dict(zip(plan.column("item_id").to_pylist(), plan.column("source_shard").to_pylist(), strict=True))
+        located = {item: sources[item] for item in item_ids if sources.get(item) is not None}
+        if len(located) < len(item_ids):
+            located = None
+    looked_up = None
+    if all(lookup.via is None and lookup.table == upstream.table for lookup in stage.lookups):
+        looked_up = {item: [f"{upstream.table}:{shard_id}"] for item in item_ids} if stage.lookups else {}
+    return located, looked_up
 
 
 def _select_in(store: Store, table: str, select: str, key: str, ids: Sequence[str], group_by: str = "") -> list:
@@ -107,12 +125,11 @@ def locate(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, str
     return dict(_select_in(store, table, f"{key}, any_value(shard_id)", key, item_ids, f"GROUP BY {key}"))
 
 
-def locate_lookups(store: Store, stage: Stage, item_ids: Sequence[str], lookups: Sequence[Lookup] | None = None
-                   ) -> dict[str, list[str]]:
-    """Per item, the ``table:shard`` files holding the rows its stage's lookups (or ``lookups``)
-    read (one scan of each lookup table's key column per stage and run)."""
+def locate_lookups(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Per item, the ``table:shard`` files holding the rows its stage's lookups read (one scan of
+    each lookup table's key column per stage and run)."""
     found: dict[str, set[str]] = {}
-    for lookup in (stage.lookups if lookups is None else lookups) if item_ids else ():
+    for lookup in stage.lookups if item_ids else ():
         if lookup.via is None:
             keys_of = {item: [item] for item in item_ids}
         else:

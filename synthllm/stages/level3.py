@@ -68,12 +68,13 @@ class Level3Stage(LLMStage):
         Planning reads both once per batch of shards instead."""
         todo = [s for s in shard_ids if not store.exists(inputs_path(store, self.name, s, "names"))]
         while todo:
-            batch, refs, concepts = [], {}, {}
-            while todo and sum(map(len, refs.values())) < REFERENCES_PER_PASS:
+            batch, refs, concepts, held = [], {}, {}, 0
+            while todo and held < REFERENCES_PER_PASS:
                 plan = read_plan(store, self.name, todo.pop(0))
                 combos = fetch_source(store, self, plan, "ref_doc_ids, topics, kcs").to_dicts()
                 refs[plan.shard_id] = sorted({d for c in combos for d in c["ref_doc_ids"]})
                 concepts[plan.shard_id] = sorted({k for c in combos for k in c["topics"] + c["kcs"]})
+                held += len(refs[plan.shard_id])
                 batch.append(plan)
             shards = sorted({s for plan in batch for s in plan.shards_of("documents") or ()}) or None
             heads = fetch_rows(store, "documents", "doc_id", sorted({d for ids in refs.values() for d in ids}),
@@ -88,13 +89,9 @@ class Level3Stage(LLMStage):
 
     def load(self, store: Store, settings: Settings, plan: ShardPlan) -> ShardInputs:
         combos = fetch_source(store, self, plan).to_dicts()
-        if store.exists(inputs_path(store, self.name, plan.shard_id, "names")):
-            texts, names = (dict(pl.from_arrow(store.read_parquet_files([
-                inputs_path(store, self.name, plan.shard_id, part)])).iter_rows()) for part in ("references", "names"))
-        else:  # a plan written before its inputs were prepared
-            texts = dict(fetch_rows(store, "documents", "doc_id", sorted({d for c in combos for d in c["ref_doc_ids"]}),
-                                    "doc_id, text", plan.shards_of("documents")).iter_rows())
-            names = dict(concept_names(store, sorted({k for c in combos for k in c["topics"] + c["kcs"]})).iter_rows())
+        self.prepare(store, settings, [plan.shard_id])  # a plan written before inputs were prepared
+        texts, names = (dict(pl.from_arrow(store.read_parquet_files([
+            inputs_path(store, self.name, plan.shard_id, part)])).iter_rows()) for part in ("references", "names"))
         items = []
         for combo in combos:
             kc_topics = combo.get("kc_topics") or [None] * len(combo["kcs"])
