@@ -179,3 +179,22 @@ def test_batches_give_the_same_rows_as_one_pass(six_index: ContaminationIndex) -
     batched = six_index.check(questions, batch_size=2).sort("question_id", "check_name")
     assert whole.equals(batched)
     assert whole.filter(~pl.col("kept"))["question_id"].unique().sort().to_list() == ["q0", "q2", "q3", "q5"]
+
+
+def test_every_short_item_is_found_inside_a_longer_question(six_index: ContaminationIndex) -> None:
+    """Short items of every length (3 to 12 tokens here) are searched only where a prefix of the
+    shortest length starts; each one embedded mid-sentence must still be found, and the item
+    reported must really occur in the question."""
+    specs = [*CurationSettings().benchmarks, str(MINERVA)]
+    items = [(b.item_id(i), t) for b in map(load_benchmark, specs) for i, t in enumerate(b.texts)]
+    tokens = dict(zip([i for i, _ in items], word_lists([t for _, t in items]).list.join(" ").to_list(), strict=True))
+    short = [(item_id, text) for item_id, text in items if 0 < len(tokens[item_id].split()) < 13]
+    assert len({len(tokens[item_id].split()) for item_id, _ in short}) >= 5
+    texts = [f"Quick one: {t} Then stop." for _, t in short]
+    questions = pl.DataFrame({"question_id": [item_id for item_id, _ in short], "question": texts})
+    rows = _by_check(six_index.check(questions), "contamination_ngram")
+    question_tokens = word_lists(texts).list.join(" ").to_list()
+    for (item_id, text), words in zip(short, question_tokens, strict=True):
+        row = rows[item_id]
+        assert not row["kept"], text
+        assert f" {tokens[row['matched_id']]} " in f" {words} "

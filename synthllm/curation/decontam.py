@@ -18,7 +18,7 @@ fields with ``+``; by default the first known layout the file's fields fit: ``qu
 ``<benchmark>:<index>``.
 
 The index holds 64-bit hashes only, and questions are checked a batch at a time, so memory stays
-flat whatever the number of questions (bench/decontam.py: all six sets, ~100 MB).
+flat whatever the number of questions (bench/decontam.py: all six sets, ~160 MB over the imports).
 """
 
 from __future__ import annotations
@@ -53,11 +53,13 @@ BUILTIN_BENCHMARKS: dict[str, tuple[str, str]] = {
 # Text fields of the known benchmark layouts, tried in order on a file given without :field:
 # GSM8K, OlympiadBench, CollegeMath, Gaokao2023-En | MATH, MATH-500, Minerva Math | SVAMP.
 KNOWN_LAYOUTS = ("question", "problem", "Body+Question")
-# Questions checked per batch: bounds memory (~60 tokens x 13 window sizes x 8 bytes per question).
-CHECK_BATCH = 4096
-# Membership prefilter: one byte per slot of a 2^22 table (4 MB), indexed by the top hash bits
-# (~6% of the positions tested pass it with the six benchmarks and go on to the binary search).
-_PREFILTER_BITS = 22
+# Questions checked per batch: bounds memory (~60 tokens x a few window arrays x 8 bytes per question).
+CHECK_BATCH = 8192
+# Membership prefilters, one byte per slot indexed by the top hash bits: one for the n-grams
+# (2^24 slots, 16 MB: ~3% of positions pass with the six benchmarks and go on to the binary search)
+# and small ones for the few short items' prefixes and whole windows (2^16 slots, 64 KB).
+_PREFILTER_BITS = 24
+_SHORT_PREFILTER_BITS = 16
 _FIELD_SUFFIX = re.compile(r"^[\w.+-]+$")
 _EXTENSIONS = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz", ".parquet")
 
@@ -169,7 +171,7 @@ class ContaminationIndex:
         texts = [t for b in benchmarks for t in b.texts]
         lengths, text_hashes, hashes, items = [], [], [], []
         for start in range(0, len(texts), CHECK_BATCH):  # a batch at a time: flat peak memory
-            words = WordBatch.from_texts(texts[start : start + CHECK_BATCH])
+            words = WordBatch.from_texts(texts[start : start + CHECK_BATCH], maths=False)
             lengths.append(words.lengths)
             text_hashes.append(words.text_hashes())
             # n-grams, an item shorter than n as one window of all its tokens
@@ -186,10 +188,24 @@ class ContaminationIndex:
         items = np.concatenate(items) if texts else np.zeros(0, np.int64)
         order = np.lexsort((items, hashes))
         self._hashes, self._items = hashes[order], items[order]
-        self._prefilter = np.zeros(1 << _PREFILTER_BITS, dtype=bool)
-        self._prefilter[self._hashes >> np.uint64(64 - _PREFILTER_BITS)] = True
+        short_windows = self._item_lengths[self._items] < ngram
+        self._full_filter = _Prefilter(self._hashes[~short_windows], _PREFILTER_BITS)
+        self._short_filter = _Prefilter(self._hashes[short_windows], _SHORT_PREFILTER_BITS)
         # token counts of short items: questions are searched for windows of these sizes too
         self.short_lengths = sorted({int(n) for n in self._item_lengths if 0 < n < ngram})
+        self._anchor_size, self._anchor_filter = self._short_item_anchors(texts)
+
+    def _short_item_anchors(self, texts: list[str]) -> tuple[int, _Prefilter]:
+        """The first ``k`` tokens of every short item (``k``: the shortest one's length): only a
+        position where such a prefix starts can start a short item, so only those positions are
+        tested at the other short window sizes."""
+        short_items = np.flatnonzero((self._item_lengths > 0) & (self._item_lengths < self.ngram))
+        if not len(short_items):
+            return 0, _Prefilter(np.zeros(0, np.uint64), _SHORT_PREFILTER_BITS)
+        size = self.short_lengths[0]
+        words = WordBatch.from_texts([texts[i] for i in short_items], maths=False)
+        prefixes = next(combined[words.starts] for n, combined, _ in words.windows(size) if n == size)
+        return size, _Prefilter(prefixes, _SHORT_PREFILTER_BITS)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -220,12 +236,17 @@ class ContaminationIndex:
         if not len(self._hashes):
             return best, shared
         found_hashes, found_positions = [], []
-        sizes = {self.ngram, *self.short_lengths}
+        short_sizes, anchors = set(self.short_lengths), np.zeros(0, np.int64)
         for size, combined, tokens_left in words.windows(self.ngram):
-            if size not in sizes:
+            # prefilter positions (windows running past their text too), then keep the real ones
+            if size == self._anchor_size:
+                anchors = self._anchor_filter.passing(combined)
+            if size == self.ngram:
+                maybe = self._full_filter.passing(combined)
+            elif size in short_sizes:
+                maybe = anchors[self._short_filter.passing(combined[anchors])]
+            else:
                 continue
-            # prefilter every position (windows running past their text too), then keep real ones
-            maybe = np.flatnonzero(self._prefilter[combined >> np.uint64(64 - _PREFILTER_BITS)])
             maybe = maybe[tokens_left[maybe] >= size]
             hit, _ = self._lookup(self._hashes, combined[maybe])
             found_hashes.append(combined[maybe[hit]])
@@ -279,10 +300,12 @@ class ContaminationIndex:
         )
 
     def _check_batch(self, questions: pl.DataFrame) -> pl.DataFrame:
-        words = WordBatch.from_texts(questions["question"])
+        words = WordBatch.from_texts(questions["question"], maths=False)
         exact = self.exact_matches(words)
         best, shared = self.ngram_matches(words)
-        details = [self._detail(int(i), int(n)) if i >= 0 else None for i, n in zip(best, shared, strict=True)]
+        details: list[str | None] = [None] * len(best)
+        for question in np.flatnonzero(best >= 0).tolist():
+            details[question] = self._detail(int(best[question]), int(shared[question]))
         ids = questions["question_id"]
         return pl.concat(
             [
@@ -290,6 +313,20 @@ class ContaminationIndex:
                 self._rows(ids, "contamination_ngram", best, shared.astype(float), details),
             ]
         )
+
+
+class _Prefilter:
+    """2^bits flags, set where some indexed hash has those top bits: most absent hashes fail it
+    at the cost of one table read, before the binary search over the sorted hashes."""
+
+    def __init__(self, hashes: np.ndarray, bits: int) -> None:
+        self._shift = np.uint64(64 - bits)
+        self._table = np.zeros(1 << bits, dtype=bool)
+        self._table[hashes >> self._shift] = True
+
+    def passing(self, hashes: np.ndarray) -> np.ndarray:
+        """Positions in ``hashes`` that may be indexed."""
+        return np.flatnonzero(self._table[hashes >> self._shift])
 
 
 _ROW_SCHEMA = {
