@@ -23,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from functools import lru_cache
 from fractions import Fraction
 from typing import Any, Callable
 
@@ -184,21 +184,29 @@ def _number(text: str) -> Fraction | None:
 
 def _number_key(value: Fraction) -> str:
     """Finite decimals as decimals ("0.5", "12"), other rationals as "p/q" ("1/3")."""
-    den = value.denominator
-    while den % 2 == 0:
-        den //= 2
-    while den % 5 == 0:
-        den //= 5
-    if den != 1:
-        return f"{value.numerator}/{value.denominator}"
-    with localcontext() as exact:  # enough digits that a finite decimal is never rounded
-        exact.prec = len(str(value.numerator)) + len(str(value.denominator)) + 2
-        decimal = Decimal(value.numerator) / Decimal(value.denominator)
-        return format(decimal.normalize(), "f") if decimal else "0"
+    numerator, den = value.numerator, value.denominator
+    if den == 1:
+        return str(numerator)
+    twos = fives = 0
+    rest = den
+    while rest % 2 == 0:
+        rest //= 2
+        twos += 1
+    while rest % 5 == 0:
+        rest //= 5
+        fives += 1
+    if rest != 1:
+        return f"{numerator}/{den}"
+    places = max(twos, fives)  # value = numerator * (10^places / den) / 10^places, exactly
+    digits = str(abs(numerator) * 10**places // den).rjust(places + 1, "0")
+    whole, fraction = digits[:-places], digits[-places:].rstrip("0")
+    return ("-" if numerator < 0 else "") + whole + ("." + fraction if fraction else "")
 
 
+@lru_cache(maxsize=1 << 16)
 def normalize_answer(answer: str) -> FinalAnswer:
-    """The comparable forms of one extracted final answer (see :class:`FinalAnswer`)."""
+    """The comparable forms of one extracted final answer (see :class:`FinalAnswer`). Cached: a
+    question's samples mostly agree, so the same final answers come again and again."""
     math = _strip_math(answer)
     math = _LATEX_NOISE.sub(" ", math)
     math = _FRAC_ALIASES.sub(r"\\frac", math)

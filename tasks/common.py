@@ -107,13 +107,26 @@ def engine_tag(settings: Settings) -> str:
     return {"vllm": "gpu", "llamacpp": "cpu", "standin": "cpu", "openai": "server"}[settings.engine.backend]
 
 
+def worker_environment() -> dict[str, str]:
+    """The Prefect API this process reports to, for worker processes it starts.
+
+    Without ``PREFECT_API_URL`` (the ephemeral API) each Dask worker would start a Prefect server of
+    its own: one more process per worker, all writing to the same database.
+    """
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
+
+
 def make_task_runner(settings: Settings):
     """Thread pool by default; Dask or Ray (prefect-dask / prefect-ray) to spread shards over processes or machines."""
     workers = settings.orchestration.task_workers
     if settings.orchestration.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                              "env": worker_environment()})
     if settings.orchestration.task_runner == "ray":
         from prefect_ray import RayTaskRunner
 

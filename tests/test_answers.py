@@ -86,6 +86,9 @@ def test_extract_final_answer(text: str, expected: str | None) -> None:
         ("5x", "5x"),  # one letter, no space: an expression, not a unit
         ("\\left( 1, 2 \\right)", "(1,2)"),
         ("Yes", "yes"),
+        ("\\frac{3}{1024}", "0.0029296875"),  # every digit of a finite decimal (was rounded to 0.002929688)
+        ("-0.000", "0"),
+        ("-12345678901234567890.125", "-12345678901234567890.125"),
     ],
 )
 def test_normalize_answer_key(answer: str, key: str) -> None:

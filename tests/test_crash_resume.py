@@ -110,6 +110,8 @@ def test_dask_runner_gives_the_same_dataset(store_url: str, sample_dir: Path, tm
             env=env, capture_output=True, text=True, timeout=900,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        # one Prefect API for the run: worker processes report to the flow's (they used to start their own)
+        assert result.stderr.count("Starting temporary server on") == 1, (runner, result.stdout.count("Starting temporary server on"), result.stderr.count("Starting temporary server on"))
         store = Store(url)
         datasets[runner] = (
             store.read_table("questions").select("question_id", "question", "doc_ids").sort("question_id"),

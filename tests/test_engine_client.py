@@ -220,9 +220,12 @@ def test_process_killed_mid_batch_resumes_from_flushed_parts(store):
     script = textwrap.dedent(
         f"""
         import json, os
+        import synthllm.engines.cache
         from synthllm.engines import LLM, ChatRequest, ScriptedEngine
         from synthllm.settings import EngineSettings
         from synthllm.store import Store, StoreError
+
+        synthllm.engines.cache.MIN_FLUSH_GAP_S = 0.0  # a part every cache_flush_every replies, however fast
 
         calls = 0
         def responder(request):
@@ -334,6 +337,24 @@ def test_cache_flushes_on_time_while_replies_are_slow(any_store):
     llm = LLM(engine, any_store, settings(cache_flush_every=100, cache_flush_interval_s=0.2))
     run(llm, [ask("1"), ask("2"), ask("3")])
     assert seen_in_store == [2]
+
+
+def test_fast_replies_are_flushed_in_few_large_parts(any_store):
+    """Thousands of replies a second: parts are MIN_FLUSH_GAP_S apart, not one per cache_flush_every
+    replies (each part is an S3 request), and none is lost."""
+    from synthllm.engines.cache import MIN_FLUSH_GAP_S, ResponseCache
+
+    cache = ResponseCache(any_store, "level1", "s1", "model", flush_every=2, flush_interval_s=30)
+    reply = ChatResult(completions=[Completion(text="{}", finish_reason="stop")])
+    started = time.monotonic()
+    for i in range(400):
+        cache.put(f"k{i}", reply)
+    elapsed = time.monotonic() - started
+    cache.close()
+    parts = cache_files(any_store)
+    assert len(parts) <= 2 + elapsed / MIN_FLUSH_GAP_S < 200, (len(parts), elapsed)
+    rows = sum(any_store.read_parquet_file(any_store.path("cache", "llm", "level1", "s1", p)).num_rows for p in parts)
+    assert rows == 400
 
 
 def test_finished_shard_is_compacted_and_a_rerun_adds_to_it(any_store):

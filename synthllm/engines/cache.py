@@ -4,7 +4,9 @@ Layout: ``cache/llm/<stage>/<shard_id>/{part,shard}-<uuid>.parquet``. One namesp
 shard): the shard's task is the only writer, so files never conflict and a lookup reads one small
 folder. While a shard runs, every valid result is put here as it arrives and immutable ``part-``
 files are written every ``flush_every`` results or ``flush_interval_s`` seconds, whichever comes
-first, so a kill loses at most the unflushed tail and the rerun resumes from the parts.
+first, so a kill loses at most the unflushed tail and the rerun resumes from the parts. Parts are
+at least ``MIN_FLUSH_GAP_S`` apart: a fast engine (thousands of replies a second) writes a few
+large parts a second per shard, not one small file (one S3 request) per ``flush_every`` replies.
 
 When the shard finishes, :meth:`ResponseCache.compact` rewrites the namespace as one ``shard-``
 file (written first, then the files it replaces are deleted), so the store holds O(shards) cache
@@ -48,6 +50,8 @@ PART_SCHEMA = pa.schema(
     ]
 )
 CACHE_UNREADABLE = "cache_unreadable"
+# Seconds between two count-triggered part writes of one namespace (the time trigger is separate).
+MIN_FLUSH_GAP_S = 0.5
 
 
 def request_key(backend: str, model_id: str, request: ChatRequest) -> str:
@@ -94,6 +98,7 @@ class ResponseCache:
         self._rows: dict[str, dict[str, Any]] = {}
         self._pending: list[dict[str, Any]] = []
         self._pending_since = 0.0
+        self._last_flush = time.monotonic()
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = threading.Event()
@@ -136,17 +141,25 @@ class ResponseCache:
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append(row)
-            full = len(self._pending) >= self.flush_every
-        if full:
+            due = self._due()
+        if due:
             self.flush()
         elif self._timer is None:
             self._timer = threading.Thread(target=self._flush_on_time, daemon=True, name=f"cache-flush {self.folder}")
             self._timer.start()
 
+    def _due(self) -> bool:
+        """Whether pending rows should be written now (called under the lock)."""
+        if not self._pending:
+            return False
+        now = time.monotonic()
+        full = len(self._pending) >= self.flush_every and now - self._last_flush >= MIN_FLUSH_GAP_S
+        return full or now - self._pending_since >= self.flush_interval_s
+
     def _flush_on_time(self) -> None:
-        while not self._closed.wait(self.flush_interval_s / 4):
+        while not self._closed.wait(min(self.flush_interval_s / 4, MIN_FLUSH_GAP_S)):
             with self._lock:
-                due = bool(self._pending) and time.monotonic() - self._pending_since >= self.flush_interval_s
+                due = self._due()
             if due:
                 self.flush()
 
@@ -154,38 +167,49 @@ class ResponseCache:
         with self._write_lock:
             with self._lock:
                 rows, self._pending = self._pending, []
+                self._last_flush = time.monotonic()
             if not rows:
                 return
-            created_at = utcnow()
-            table = pa.Table.from_pylist([{**row, "created_at": created_at} for row in rows], schema=PART_SCHEMA)
+            table = _part_table(rows, utcnow())
             path = f"{self.folder}/part-{uuid.uuid4().hex}.parquet"
             self.store.write_parquet(path, table)
             self._files.append(path)
 
     def close(self) -> None:
         """Stop the timer and write what is pending."""
+        self._stop_timer()
+        self.flush()
+
+    def _stop_timer(self) -> None:
         self._closed.set()
         if self._timer is not None:
             self._timer.join()
-        self.flush()
 
     def compact(self) -> None:
-        """One file for the whole namespace (the shard finished): write it, then drop the rest."""
-        self.close()
-        if len(self._files) <= 1 and not self.unreadable:
-            return
-        now = utcnow()
-        table = pa.Table.from_pylist(
-            [{**row, "created_at": row.get("created_at") or now} for row in self._rows.values()], schema=PART_SCHEMA
-        )
-        compacted = f"{self.folder}/shard-{uuid.uuid4().hex}.parquet"
-        self.store.write_parquet(compacted, table)
-        if self._files:
-            self.store.fs.rm(self._files)
-        for part in self.unreadable:  # kept for inspection, out of every later lookup
-            self.store.fs.mv(part.path, f"{part.path}.corrupt")
-        self._files = [compacted]
-        self.unreadable = []
+        """One file for the whole namespace (the shard finished): write it, then drop the rest.
+        Pending rows go straight into it, not into a part first."""
+        self._stop_timer()
+        with self._write_lock:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            if not pending and len(self._files) <= 1 and not self.unreadable:
+                return
+            table = _part_table(list(self._rows.values()), utcnow())
+            compacted = f"{self.folder}/shard-{uuid.uuid4().hex}.parquet"
+            self.store.write_parquet(compacted, table)
+            if self._files:
+                self.store.fs.rm(self._files)
+            for part in self.unreadable:  # kept for inspection, out of every later lookup
+                self.store.fs.mv(part.path, f"{part.path}.corrupt")
+            self._files = [compacted]
+            self.unreadable = []
+
+
+def _part_table(rows: list[dict[str, Any]], now) -> pa.Table:
+    """Rows as a part table, column by column; a row without ``created_at`` (not yet written) gets ``now``."""
+    columns = {name: [row[name] for row in rows] for name in PART_SCHEMA.names if name != "created_at"}
+    columns["created_at"] = [row.get("created_at") or now for row in rows]
+    return pa.Table.from_pydict(columns, schema=PART_SCHEMA)
 
 
 def _completions_json(completions: list[Completion]) -> str:
