@@ -241,11 +241,14 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
                       "engine.max_concurrency": args.capacity}
     else:
         overrides["engine.backend"] = "standin"
+    from synthllm.engines.standin import REPLY_CPU
+
     shards = record_shards()
     phases = Phases()
     phases.run("ingest", lambda: ingest_flow([str(corpus)], store=store, overrides=overrides))
     state = phases.run("synthesize", lambda: synthesize_flow(store=store, overrides=overrides, return_state=True))
     state.result()
+    reply_cpu_s = REPLY_CPU.seconds  # stand-in replies written in this process (thread runner)
     if args.full:
         from flows.curate import curate_flow, export_flow
 
@@ -263,6 +266,9 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         "questions_by_level": {r["level"]: r["n"] for r in questions},
         "synthesize_requests_per_s": round(calls / synth["wall_s"], 1),
         "synthesize_cpu_ms_per_request": round(1000 * synth["cpu_s"] / calls, 3),
+        # what the GPU would do: the stand-in's own reply writing, left out of the coordinator's CPU
+        "standin_reply_cpu_s": round(reply_cpu_s, 2),
+        "coordinator_cpu_ms_per_request": round(1000 * (synth["cpu_s"] - reply_cpu_s) / calls, 3),
         "phases": phases.figures,
         "total_wall_s": round(sum(p["wall_s"] for p in phases.figures.values()), 2),
         "total_cpu_s": round(sum(p["cpu_s"] for p in phases.figures.values()), 2),

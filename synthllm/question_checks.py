@@ -65,6 +65,12 @@ _NOT_SELF_CONTAINED = re.compile(
     r"|\bthe\s+above\b|\babove[- ]mentioned\b|\baforementioned\b",
     re.IGNORECASE,
 )
+# Every match of _NOT_SELF_CONTAINED contains one of these (case-folded): the regex runs only then.
+_NOT_SELF_CONTAINED_WORDS = (
+    "passage", "text", "document", "article", "excerpt", "paragraph", "reading", "essay", "author", "lecture",
+    "notes", "figure", "diagram", "picture", "image", "illustration", "above", "earlier", "previously", "shown",
+    "aforementioned",
+)
 # What makes a statement a task: a question mark, "how many/much", or an instruction verb where
 # an instruction starts (text start, after a sentence, a comma, "and", "then" or "to").
 _TASK = re.compile(
@@ -107,18 +113,31 @@ def _has_loop(text: str, max_repeats: int) -> bool:
     """Some run of 1..10 tokens repeated more than ``max_repeats`` times back to back.
 
     Runs without a word ("1 +" in "1 + 1 + 1 + 1 + 1") may repeat three times as often: sums
-    and sequences repeat symbols, looping models repeat phrases."""
+    and sequences repeat symbols, looping models repeat phrases. A unit of ``size`` tokens
+    repeated ``k`` times is a stretch where each token equals the one ``size`` places on, for
+    ``(k - 1) * size`` positions in a row; every unit inside it has the same tokens (rotated),
+    so one pass per size finds it."""
     tokens = text.casefold().split()
     for size in range(1, _MAX_LOOP_TOKENS + 1):
-        for start in range(len(tokens) - size * (max_repeats + 1) + 1):
-            unit = tokens[start:start + size]
-            limit = max_repeats if any(t.isalpha() for t in unit) else 3 * max_repeats
-            copies = 1
-            while tokens[start + copies * size:start + (copies + 1) * size] == unit:
-                copies += 1
-                if copies > limit:
-                    return True
+        equal_run = 0
+        for position in range(len(tokens) - size):
+            if tokens[position] != tokens[position + size]:
+                equal_run = 0
+                continue
+            equal_run += 1
+            if equal_run < max_repeats * size:
+                continue
+            unit = tokens[position + 1 - equal_run:position + 1 - equal_run + size]
+            if any(t.isalpha() for t in unit) or equal_run >= 3 * max_repeats * size:
+                return True
     return False
+
+
+def _refers_to_missing_material(text: str) -> bool:
+    """``_NOT_SELF_CONTAINED`` matches; the regex (~20 µs a question) runs only where a word it
+    needs occurs, which most questions lack."""
+    folded = text.casefold()
+    return any(word in folded for word in _NOT_SELF_CONTAINED_WORDS) and bool(_NOT_SELF_CONTAINED.search(text))
 
 
 def _topics_of(kc_id: str, concept_topics: Mapping[str, str | Collection[str]]) -> frozenset[str]:
@@ -165,9 +184,9 @@ def check_question(
         return REPETITION
     if _is_cut_off(text):
         return CUT_OFF
-    if _NOT_SELF_CONTAINED.search(text):
+    if _refers_to_missing_material(text):
         return NOT_SELF_CONTAINED
-    if not _TASK.search(text):
+    if "?" not in text and not _TASK.search(text):  # "?" is _TASK's first alternative, at C speed
         return NO_TASK
     if row.get("concepts") is not None:  # a stage that asks for concepts (levels 2 and 3) reports them
         concepts = list(row["concepts"])

@@ -125,3 +125,51 @@ def test_judge_prompt_asks_for_a_structured_score() -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**reply, "score": 11}, prompt.schema)
     assert 1 <= GATE.judge_threshold <= 10
+
+
+def _repeats_brute_force(text: str, max_repeats: int) -> bool:
+    """The rule as stated: some unit of 1..10 tokens followed by more than ``max_repeats`` copies
+    of itself (three times as many for a unit without a word), every start tried."""
+    tokens = text.casefold().split()
+    for size in range(1, 11):
+        for start in range(len(tokens)):
+            unit = tokens[start:start + size]
+            if len(unit) < size:
+                break
+            limit = max_repeats if any(t.isalpha() for t in unit) else 3 * max_repeats
+            copies = 1
+            while tokens[start + copies * size:start + (copies + 1) * size] == unit:
+                copies += 1
+            if copies > limit:
+                return True
+    return False
+
+
+def test_repetition_check_agrees_with_the_rule_on_random_texts() -> None:
+    """The one-pass-per-size loop check finds exactly the loops the rule describes."""
+    import random
+
+    from synthllm.question_checks import _has_loop
+
+    rng = random.Random(7)
+    vocabulary = ["a", "b", "the", "1", "+", "=", "x", "2"]
+    found = 0
+    for _ in range(3000):
+        tokens = [rng.choice(vocabulary[:rng.randint(1, 8)]) for _ in range(rng.randint(0, 30))]
+        if tokens and rng.random() < 0.5:  # plant a repeated unit
+            position, unit = rng.randint(0, len(tokens)), tokens[:rng.randint(1, 4)]
+            tokens[position:position] = unit * rng.randint(2, 12)
+        text, max_repeats = " ".join(tokens), rng.randint(1, 4)
+        expected = _repeats_brute_force(text, max_repeats)
+        assert _has_loop(text, max_repeats) == expected, (text, max_repeats)
+        found += expected
+    assert 500 < found < 2500  # both kinds of text were tried
+
+
+def test_missing_material_prefilter_keeps_every_regex_match() -> None:
+    from synthllm.question_checks import _NOT_SELF_CONTAINED, _refers_to_missing_material
+
+    texts = ["As shown in the figure, find x.", "Using the passage above, what is x?", "The ABOVE-mentioned sum.",
+             "the Aforementioned limit", "described earlier", "the following Essay", "Find x.", *GOOD]
+    for text in texts:
+        assert _refers_to_missing_material(text) == bool(_NOT_SELF_CONTAINED.search(text)), text

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+import time
 import zlib
 from typing import Any
 
@@ -130,6 +132,22 @@ def reply(request: ChatRequest) -> str:
     return json.dumps(_scores(document, schema))
 
 
+class ReplyClock:
+    """CPU seconds this process's stand-in engines spent writing replies: the work a real engine
+    does on its GPU, which a benchmark subtracts to see the coordinator's own CPU."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds = 0.0
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += seconds
+
+
+REPLY_CPU = ReplyClock()
+
+
 class StandInEngine:
     """:class:`~synthllm.engines.base.Engine` answering at once (``engine.backend: standin``)."""
 
@@ -142,11 +160,13 @@ class StandInEngine:
         results = []
         for index, request in enumerate(requests):
             check_stop(f"standin batch of {len(requests)} requests ({index} answered)")
+            started = time.thread_time()
             text = reply(request)
             prompt_chars = sum(len(m.get("content", "")) for m in request.messages)
             result = ChatResult(completions=[Completion(text, "stop") for _ in range(request.n)],
                                 prompt_tokens=math.ceil(prompt_chars / CHARS_PER_TOKEN),
                                 completion_tokens=request.n * estimate_tokens(text))
+            REPLY_CPU.add(time.thread_time() - started)
             results.append(result)
             if on_result is not None:
                 on_result(index, result)
