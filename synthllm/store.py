@@ -96,8 +96,11 @@ def schemas() -> TableSchemas:
     return _SCHEMAS
 
 
-def conform(table: str, rows: pl.DataFrame | pa.Table | list[dict[str, Any]]) -> pa.Table:
-    """Cast rows to the table's schema: missing nullable columns become NULL, extras are an error."""
+def conform(table: str, rows: pl.DataFrame | pa.Table | list[dict[str, Any]],
+            constants: dict[str, Any] | None = None) -> pa.Table:
+    """Cast rows to the table's schema: missing nullable columns become NULL, extras are an error.
+    ``constants``: columns with one value on every row (``shard_id``, ``run_id``), added without
+    copying each row."""
     schema = schemas()[table]
     if isinstance(rows, list):
         data = pa.Table.from_pylist(rows) if rows else pa.Table.from_pylist([], schema=schema)
@@ -105,6 +108,10 @@ def conform(table: str, rows: pl.DataFrame | pa.Table | list[dict[str, Any]]) ->
         data = rows.to_arrow()
     else:
         data = rows
+    for name, value in (constants or {}).items():
+        if name in data.column_names:
+            data = data.drop_columns([name])
+        data = data.append_column(name, pa.array([value] * data.num_rows, schema.field(name).type))
     extra = set(data.column_names) - set(schema.names)
     if extra:
         raise StoreError(f"{table}: columns not in sql/schema.sql: {sorted(extra)}")
@@ -231,9 +238,10 @@ class Store:
         schemas()[table]
         return self.glob(self.path("tables", table, "*.parquet"))
 
-    def write_shard(self, table: str, shard_id: str, rows: pl.DataFrame | pa.Table | list[dict]) -> int:
-        """Write (or replace) one shard of a table; returns the row count."""
-        data = conform(table, rows)
+    def write_shard(self, table: str, shard_id: str, rows: pl.DataFrame | pa.Table | list[dict],
+                    constants: dict[str, Any] | None = None) -> int:
+        """Write (or replace) one shard of a table; returns the row count. ``constants``: see :func:`conform`."""
+        data = conform(table, rows, constants)
         self.write_parquet(self.shard_path(table, shard_id), data)
         return data.num_rows
 

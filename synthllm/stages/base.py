@@ -42,7 +42,8 @@ class Provenance:
         if request is None:
             return Provenance(version, model, "{}")
         head, tail = _params_around_seed(request.temperature, request.top_p, request.max_tokens, request.n)
-        return Provenance(version, model, f"{head}{json.dumps(request.seed)}{tail}")
+        seed = str(request.seed) if type(request.seed) is int else json.dumps(request.seed)  # JSON's text for an int
+        return Provenance(version, model, f"{head}{seed}{tail}")
 
 
 _SEED_MARK = "\x00seed\x00"

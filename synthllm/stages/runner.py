@@ -81,8 +81,7 @@ def run_shard(store: Store, settings: Settings, run_id: str, stage: Stage, shard
                 for f in inputs.failures + failures]
     summary.failures = write_failures(store, stage.name, shard_id, run_id, failures)
     summary.failure_reasons = dict(Counter(f.reason for f in failures))
-    summary.rows = store.write_shard(stage.table, shard_id,
-                                     [{**row, "shard_id": shard_id, "run_id": run_id} for row in rows])
+    summary.rows = store.write_shard(stage.table, shard_id, rows, {"shard_id": shard_id, "run_id": run_id})
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
 
