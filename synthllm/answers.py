@@ -155,6 +155,7 @@ _FRACTION_FORMS = (
     re.compile(r"(?P<sign>)(?P<num>-?\d+(?:\.\d+)?)/(?P<den>-?\d+(?:\.\d+)?)"),
 )
 _DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+_SCIENTIFIC = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)[eE][-+]?\d+")  # "1e3", "6.02E-23": a number, not 1 "e3"
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class FinalAnswer:
 
 def _number(text: str) -> Fraction | None:
     """The exact value of a plain number: "3", "-2.5", "1/2", "\\frac{1}{2}", "\\frac12"."""
-    if _DECIMAL.fullmatch(text):
+    if _DECIMAL.fullmatch(text) or _SCIENTIFIC.fullmatch(text):
         return Fraction(text)
     for form in _FRACTION_FORMS:
         match = form.fullmatch(text)
@@ -217,7 +218,7 @@ def normalize_answer(answer: str) -> FinalAnswer:
     assignment = _ASSIGNMENT.match(math)
     if assignment:
         math = assignment.group(1).strip()
-    with_unit = _NUMBER_THEN_UNIT.match(math)
+    with_unit = None if _SCIENTIFIC.fullmatch(math) else _NUMBER_THEN_UNIT.match(math)
     if with_unit and (with_unit["space"] or len(with_unit["unit"]) > 1):
         math = with_unit["number"]
     math = math.strip().rstrip(".").strip()

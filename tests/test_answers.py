@@ -88,6 +88,8 @@ def test_extract_final_answer(text: str, expected: str | None) -> None:
         ("Yes", "yes"),
         ("\\frac{3}{1024}", "0.0029296875"),  # every digit of a finite decimal (was rounded to 0.002929688)
         ("-0.000", "0"),
+        ("1e3", "1000"),  # scientific notation is a number (was read as 1 with the unit "e3")
+        ("6.02E-3", "0.00602"),
         ("-12345678901234567890.125", "-12345678901234567890.125"),
     ],
 )
