@@ -93,7 +93,7 @@ class StageRunner:
                     continue
                 candidates = stage.candidates(self.run.store, self.run.settings, self.state)
                 shards = plan_stage(self.run.store, stage, self.run.settings, candidates,
-                                    self.run.settings.generation.shard_size, skip=planning.planned)
+                                    stage.shard_size(self.run.settings), skip=planning.planned)
                 self._submit_shards(stage, shards, swept=True)
 
     def _stream(self, upstream_name: str, shard_id: str) -> None:
@@ -111,13 +111,13 @@ class StageRunner:
                 continue
             planning.planned.update(pending)
             located, looked_up = upstream_locations(store, planning.stage, upstream, shard_id, pending)
-            shards = plan_items(store, planning.stage, settings, pending, settings.generation.shard_size,
+            shards = plan_items(store, planning.stage, settings, pending, planning.stage.shard_size(settings),
                                 located, looked_up)
             self._submit_shards(planning.stage, shards, swept=False)
 
     def _submit_shards(self, stage: Stage, shards: list[str], swept: bool) -> None:
         """Submit a stage's new shards; ``swept``: they are its full plan (no more streaming)."""
-        size = self.run.settings.generation.shard_size
+        size = stage.shard_size(self.run.settings)
         # every shard but the last is full: one plan read gives the item count
         items = 0
         if shards:

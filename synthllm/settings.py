@@ -207,6 +207,8 @@ class GateSettings(_Section):
     max_repeats: int = Field(3, ge=1)  # a run of tokens may repeat this often back to back
     min_concepts: int = Field(2, ge=1)  # known concepts a level-2/3 question must use
     min_topics: int = Field(2, ge=1)  # distinct topics among a level-3 question's concepts
+    # questions per rule-check task: the rules cost ~16 µs a question, a Prefect task ~70 ms of CPU
+    shard_size: int = Field(20_000, ge=1)
     judge_enabled: bool = False
     judge_threshold: float = Field(6.0, ge=1, le=10)  # judge scores 1-10; below: dropped
     judge_sampling: SamplingSettings = Field(

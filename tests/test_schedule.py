@@ -82,6 +82,9 @@ def test_answers_start_while_questions_are_still_being_written(prefect_harness, 
     assert gate["question_id"].n_unique() == gate.height == questions.height
     assert answers["question_id"].n_unique() == answers.height
     assert set(answers["question_id"]) == set(gate.filter(pl.col("kept"))["question_id"])
+    # the gate's rules are cheap: one task per questions shard (gate.shard_size), not one per 4 questions
+    gate_plans = store.glob(store.path("plans", "question_gate", "*.parquet"))
+    assert len(gate_plans) <= len(store.shard_ids("questions")) < questions.height / 4
 
     calls = len(kinds)
     summary = synthesize_flow(store=sample_store, overrides=OVERRIDES)

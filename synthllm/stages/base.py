@@ -128,6 +128,10 @@ class Stage:
         """What makes this stage's output differ (part of shard ids)."""
         return {"version": self.version(settings)}
 
+    def shard_size(self, settings: Settings) -> int:
+        """Items per Prefect task: ``generation.shard_size`` prompts unless the stage's items cost less."""
+        return settings.generation.shard_size
+
     def candidates(self, store: "Store", settings: Settings, state: PlanState) -> list[str]:
         """Every item the stage should cover in this run (coverage removes the done ones)."""
         raise NotImplementedError

@@ -38,6 +38,9 @@ class QuestionGateStage(RuleStage):
     def enabled(self, settings: Settings) -> bool:
         return settings.gate.enabled
 
+    def shard_size(self, settings: Settings) -> int:
+        return settings.gate.shard_size
+
     def plan_key(self, settings: Settings) -> dict[str, Any]:
         return {"version": self.rules_version, "gate": settings.gate.model_dump(mode="json")}
 
