@@ -65,7 +65,8 @@ class StepProgress:
         """The plain-text progress line the CLI prints when stdout is not a terminal."""
         eta = self.eta_s()
         reasons = ", ".join(f"{r} {n}" for r, n in self.failure_reasons.most_common(3))
-        return (f"{self.name}: {self.shards_done}/{self.shards_total} shards, {self.items_done}/{self.items_total}"
+        items = f"{self.items_done}/{self.items_total}" if self.items_total else str(self.items_done)  # total unknown
+        return (f"{self.name}: {self.shards_done}/{self.shards_total} shards, {items}"
                 f" items, {self.items_per_s:.1f} items/s, ETA {'-' if eta is None else f'{eta:.0f} s'},"
                 f" {self.failures} failures{f' ({reasons})' if reasons else ''}")
 

@@ -107,6 +107,9 @@ def test_progress_moves_per_shard_and_never_back() -> None:
     assert seen == sorted(seen) and seen[1] == 0.25 and seen[-1] == pytest.approx(0.625)
     assert progress.steps["a"].failure_reasons == {"no_json": 4}
     assert "1/4 shards, 1/4 items" in progress.steps["b"].line()
+    progress.plan("export", shards=1, items=0)  # a step that does not know its items ahead (export, ingest)
+    progress.finish_shard("export", {"items": 5, "rows": 5, "failures": 0})
+    assert "1/1 shards, 5 items," in progress.steps["export"].line()  # was "5/0 items"
 
 
 def test_plain_lines_when_not_a_terminal() -> None:
