@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from contextlib import nullcontext
 from typing import Any
@@ -121,14 +122,16 @@ def worker_environment() -> dict[str, str]:
 
 def make_task_runner(settings: Settings):
     """Thread pool by default; Dask or Ray (prefect-dask / prefect-ray) to spread shards over processes or machines."""
-    workers = settings.orchestration.task_workers
-    if settings.orchestration.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                              "env": worker_environment()})
-    if settings.orchestration.task_runner == "ray":
-        from prefect_ray import RayTaskRunner
-
-        return RayTaskRunner(address=settings.orchestration.ray_address)
+    workers, runner = settings.orchestration.task_workers, settings.orchestration.task_runner
+    if runner in ("dask", "ray"):
+        try:
+            module = importlib.import_module(f"prefect_{runner}")
+        except ImportError:
+            raise SettingsError(f"orchestration.task_runner={runner} needs prefect-{runner}: "
+                                f"pip install 'synthllm[{runner}]' (in the worker image too)") from None
+    if runner == "dask":
+        return module.DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                                     "processes": True, "env": worker_environment()})
+    if runner == "ray":
+        return module.RayTaskRunner(address=settings.orchestration.ray_address)
     return ThreadPoolTaskRunner(max_workers=workers)

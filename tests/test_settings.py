@@ -63,3 +63,16 @@ def test_environment_variables_are_checked(monkeypatch) -> None:
     monkeypatch.delenv("SYNTHLLM_GENERATON__MAX_DOCUMENTS")
     monkeypatch.setenv("SYNTHLLM_MODELS_DIR", "/tmp/models")  # not a setting: no __, left alone
     assert load_settings().generation.max_documents == 4
+
+
+@pytest.mark.parametrize("runner", ["dask", "ray"])
+def test_a_task_runner_not_installed_names_the_setting_and_the_extra(monkeypatch, runner: str) -> None:
+    """Was a bare ModuleNotFoundError for prefect_ray from inside the flow."""
+    import sys
+
+    from tasks.common import make_task_runner
+
+    monkeypatch.setitem(sys.modules, f"prefect_{runner}", None)  # importing it now raises ImportError
+    with pytest.raises(SettingsError, match=rf"orchestration.task_runner={runner} needs prefect-{runner}: "
+                                            rf"pip install 'synthllm\[{runner}\]'"):
+        make_task_runner(load_settings(None, {"orchestration.task_runner": runner}))
