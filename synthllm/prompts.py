@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,10 @@ class PromptError(ValueError):
     """A prompt file is missing or malformed, or a template was rendered with the wrong values."""
 
 
-def _placeholders(template: str) -> set[str]:
-    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+@lru_cache(maxsize=256)
+def _placeholders(template: str) -> frozenset[str]:
+    """Cached: every request renders its stage's prompt, and parsing the template cost more than filling it."""
+    return frozenset(field for _, field, _, _ in string.Formatter().parse(template) if field is not None)
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Prompt:
     schema: dict[str, Any] | None = None
 
     @property
-    def placeholders(self) -> set[str]:
+    def placeholders(self) -> frozenset[str]:
         return _placeholders(self.system) | _placeholders(self.user)
 
     def render(self, **values: Any) -> list[dict[str, str]]:
