@@ -55,22 +55,23 @@ _ESCAPED_DOLLAR = re.compile(r"\\\$")
 _PRICE = re.compile(r"\$\d[\d,]*(?:\.\d+)?(?=[\s.,;:!?)]|$)")
 
 # References to material the reader of a self-contained question does not have.
+# The material words the phrases below end on (or contain): the same tuples give the regex and
+# its prefilter, so a word added to one is in the other.
+_MATERIAL = ("passage", "text", "document", "article", "excerpt", "paragraph", "reading", "essay", "author",
+             "lecture", "notes")
+_PICTURES = ("figure", "diagram", "picture", "image", "illustration")
+_EARLIER = ("above", "earlier", "previously")
 _NOT_SELF_CONTAINED = re.compile(
-    r"\b(?:the|this|that|above|given|following|preceding|previous)\s+"
-    r"(?:passage|text|document|article|excerpt|paragraph|reading|essay|author|lecture|notes)\b"
-    r"|\b(?:the|this|given|following|accompanying|above)\s+(?:figure|diagram|picture|image|illustration)\b"
+    rf"\b(?:the|this|that|above|given|following|preceding|previous)\s+(?:{'|'.join(_MATERIAL)})\b"
+    rf"|\b(?:the|this|given|following|accompanying|above)\s+(?:{'|'.join(_PICTURES)})\b"
     r"|\b(?:shown|given|described|mentioned|stated|listed|defined|discussed|presented|provided)\s+"
-    r"(?:above|earlier|previously)\b"
+    rf"(?:{'|'.join(_EARLIER)})\b"
     r"|\b(?:as\s+shown|shown\s+below|shown\s+in\s+the)\b"
     r"|\bthe\s+above\b|\babove[- ]mentioned\b|\baforementioned\b",
     re.IGNORECASE,
 )
 # Every match of _NOT_SELF_CONTAINED contains one of these (case-folded): the regex runs only then.
-_NOT_SELF_CONTAINED_WORDS = (
-    "passage", "text", "document", "article", "excerpt", "paragraph", "reading", "essay", "author", "lecture",
-    "notes", "figure", "diagram", "picture", "image", "illustration", "above", "earlier", "previously", "shown",
-    "aforementioned",
-)
+_NOT_SELF_CONTAINED_WORDS = (*_MATERIAL, *_PICTURES, *_EARLIER, "shown", "aforementioned")
 # What makes a statement a task: a question mark, "how many/much", or an instruction verb where
 # an instruction starts (text start, after a sentence, a comma, "and", "then" or "to").
 _TASK = re.compile(
