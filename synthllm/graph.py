@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 from scipy import sparse
-from scipy.sparse import csgraph  # noqa: F401 - loads sparse.csgraph
+from scipy.sparse import csgraph
 
 from synthllm.settings import GraphSettings
 
@@ -265,7 +265,7 @@ class ConceptGraph:
         src = np.concatenate([s for s, _ in ends]).astype(np.int64) if ends else np.zeros(0, np.int64)
         dst = np.concatenate([d for _, d in ends]).astype(np.int64) if ends else np.zeros(0, np.int64)
         adjacency = sparse.coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
-        components = int(sparse.csgraph.connected_components(adjacency, directed=False)[0])
+        components = int(csgraph.connected_components(adjacency, directed=False)[0])
         edges = len(src)  # each edge is stored once (EdgeArrays), and the kinds join disjoint node ranges
         return components, (2 * edges / (n * (n - 1)) if n > 1 else 0.0)
 
