@@ -30,6 +30,10 @@ _NUMBER_SLASH = re.compile(r"(?<=\d)/(?=\d)")
 # Private-use placeholders protect number punctuation while other punctuation is removed.
 _POINT, _SLASH = "\ue000", "\ue001"
 _WHITESPACE = re.compile(r"\s+")
+# What becomes a space: a character neither alphanumeric (``\w`` is ``str.isalnum`` plus "_")
+# nor kept nor a placeholder. One regex pass instead of a Python test per character.
+_NOT_KEPT = re.compile(f"[^\\w{re.escape(_KEPT_SYMBOLS)}{_POINT}{_SLASH}]|_")
+_ALNUM = re.compile(r"[^\W_]")
 
 # Strings a model writes when it has nothing to say.
 _JUNK = frozenset({"none", "null", "nil", "nan", "n a", "na", "unknown", "unspecified", "not applicable"})
@@ -78,6 +82,7 @@ _PREFIXES = frozenset({
 _MIN_PLURAL_CHARS = 4
 
 
+@lru_cache(maxsize=1 << 16)
 def singular(word: str) -> str:
     """Simple English plural -> singular for one lower-case word; anything unsure stays as is.
 
@@ -142,11 +147,10 @@ def normalise_concept(text: str) -> str:
     folded = _NUMBER_COMMA.sub("", folded)
     folded = _NUMBER_POINT.sub(_POINT, folded)
     folded = _NUMBER_SLASH.sub(_SLASH, folded)
-    kept = "".join(ch if ch.isalnum() or ch in _KEPT_SYMBOLS or ch in (_POINT, _SLASH) else " " for ch in folded)
-    kept = kept.replace(_POINT, ".").replace(_SLASH, "/")
+    kept = _NOT_KEPT.sub(" ", folded).replace(_POINT, ".").replace(_SLASH, "/")
     words = _join_prefixes([word for word in _WHITESPACE.sub(" ", kept).strip().split(" ") if word])
     name = " ".join(singular(word) for word in words)
-    if not any(ch.isalnum() for ch in name) or name in _JUNK or len(name) > MAX_CONCEPT_CHARS:
+    if not _ALNUM.search(name) or name in _JUNK or len(name) > MAX_CONCEPT_CHARS:
         return ""
     return name
 

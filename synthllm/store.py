@@ -62,10 +62,23 @@ def _is_expired_read(exc: BaseException) -> bool:
     return "FileExpired" in f"{type(exc).__name__}: {exc}"
 
 
+# ``json.dumps`` with these options would build a new encoder on every call (ids are made per row).
+_STABLE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+
+
+def stable_json(value: Any) -> str:
+    """The JSON text ids are hashed from (sorted keys, default separators): ``stable_hash(*parts)``
+    hashes ``stable_json(parts)``, so a caller may assemble that text from cached pieces."""
+    return _STABLE_JSON.encode(value)
+
+
+def hash_text(text: str, length: int = 16) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
 def stable_hash(*parts: Any, length: int = 16) -> str:
     """Hex digest of JSON-serialised parts: deterministic ids for shards, rows and cache keys."""
-    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
+    return hash_text(_STABLE_JSON.encode(parts), length)
 
 
 class TableSchemas:

@@ -129,3 +129,17 @@ def test_normalise_concept_is_memoised() -> None:
         normalise_concept("Quadratic Equations")
     info = normalise_concept.cache_info()
     assert (info.misses, info.hits) == (1, 999)
+
+
+def test_punctuation_rule_is_the_per_character_rule_over_all_of_unicode() -> None:
+    """The one-regex pass that blanks punctuation keeps exactly the characters the documented
+    rule keeps (alphanumeric, "+#^", the number placeholders) for every code point."""
+    import sys
+
+    from synthllm import concepts
+
+    kept = concepts._KEPT_SYMBOLS + concepts._POINT + concepts._SLASH
+    text = "".join(chr(cp) for cp in range(sys.maxunicode + 1) if not 0xD800 <= cp <= 0xDFFF)
+    expected = "".join(ch if ch.isalnum() or ch in kept else " " for ch in text)
+    assert concepts._NOT_KEPT.sub(" ", text) == expected
+    assert [bool(concepts._ALNUM.search(ch)) for ch in text[:70000]] == [ch.isalnum() for ch in text[:70000]]

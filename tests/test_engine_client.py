@@ -440,3 +440,22 @@ def test_stop_requested_before_a_run_makes_no_engine_call(store, stop_flag):
     with pytest.raises(RunStopped):
         run(LLM(engine, store, settings()), [ask("1")])
     assert engine.engine.calls == 0
+
+
+def test_request_key_hashes_the_same_text_as_stable_hash() -> None:
+    """Keys of stored caches stay valid: the key is stable_hash of the request's parts, though the
+    schema's JSON is cached by identity; an equal schema in another object gives the same key,
+    a different schema another key."""
+    from synthllm.engines.cache import request_key
+    from synthllm.store import stable_hash
+
+    request = ChatRequest.of([{"role": "user", "content": "héllo \"x\""}], seed=7, n=2, json_schema=SCHEMA)
+    parts = ("standin", "m", [dict(m) for m in request.messages], float(request.temperature),
+             float(request.top_p), request.max_tokens, request.n, request.seed, request.json_schema)
+    assert request_key("standin", "m", request) == stable_hash(*parts, length=32)
+    copy = ChatRequest.of(list(request.messages), seed=7, n=2, json_schema=json.loads(json.dumps(SCHEMA)))
+    assert request_key("standin", "m", copy) == request_key("standin", "m", request)
+    other = ChatRequest.of(list(request.messages), seed=7, n=2, json_schema={**SCHEMA, "required": []})
+    assert request_key("standin", "m", other) != request_key("standin", "m", request)
+    unconstrained = ChatRequest.of(list(request.messages), seed=7, n=2)
+    assert request_key("standin", "m", unconstrained) == stable_hash(*parts[:-1], None, length=32)

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from synthllm.engines.base import ChatRequest, ChatResult, Completion
 from synthllm.runs import utcnow
-from synthllm.store import Store, StoreError, stable_hash
+from synthllm.store import Store, StoreError, hash_text, stable_json
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +55,28 @@ MIN_FLUSH_GAP_S = 0.5
 
 
 def request_key(backend: str, model_id: str, request: ChatRequest) -> str:
-    """Stable hash of everything that determines a reply: weights, messages, sampling, schema."""
-    return stable_hash(
-        backend,
-        model_id,
-        [dict(message) for message in request.messages],
-        float(request.temperature),
-        float(request.top_p),
-        request.max_tokens,
-        request.n,
-        request.seed,
-        request.json_schema,
-        length=32,
-    )
+    """Stable hash of everything that determines a reply: weights, messages, sampling, schema.
+
+    The text hashed is ``stable_hash``'s JSON of the same parts (keys stay what they were); the
+    schema's part, the same for every request of a stage, is encoded once."""
+    head = stable_json([backend, model_id, [dict(message) for message in request.messages],
+                        float(request.temperature), float(request.top_p), request.max_tokens, request.n,
+                        request.seed])
+    return hash_text(f"{head[:-1]}, {_schema_json(request.json_schema)}]", length=32)
+
+
+_SCHEMA_JSON: dict[int, tuple[Any, str]] = {}
+
+
+def _schema_json(schema: dict[str, Any] | None) -> str:
+    """The schema's JSON, by identity: stages share one read-only schema object per prompt (the
+    entry holds the object, so its id cannot be reused while cached)."""
+    entry = _SCHEMA_JSON.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        if len(_SCHEMA_JSON) >= 256:
+            _SCHEMA_JSON.clear()
+        entry = _SCHEMA_JSON[id(schema)] = (schema, stable_json(schema))
+    return entry[1]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from synthllm.concepts import concept_id, normalise_concept
@@ -12,9 +13,13 @@ from synthllm.stages.base import Provenance
 from synthllm.stages.common import DocumentStage, excerpt, make_request, request_seed
 
 
-def _usable_concept(name: str) -> bool:
-    """Small models emit section numbers and dates as "concepts": a concept has letters."""
-    return any(ch.isalpha() for ch in name)
+@lru_cache(maxsize=1 << 17)
+def _node_id(kind: str, surface: str) -> str | None:
+    """The graph node of a topic or key concept as written, or None for junk: small models emit
+    section numbers and dates as "concepts", and a concept has letters. Memoised: replies repeat
+    the same names across a run."""
+    name = normalise_concept(surface)
+    return concept_id(kind, name) if any(ch.isalpha() for ch in name) else None
 
 
 def concept_link_rows(doc_id: str, parsed: dict[str, Any], origin: Provenance) -> list[dict[str, Any]]:
@@ -25,23 +30,20 @@ def concept_link_rows(doc_id: str, parsed: dict[str, Any], origin: Provenance) -
             "subject": (parsed.get("subject") or "").strip() or None, "prompt_version": origin.prompt_version,
             "model": origin.model, "params_json": origin.params_json}
     for topic in parsed.get("topics", []):
-        topic_name = normalise_concept(topic.get("topic", ""))
-        if not _usable_concept(topic_name):
+        topic_key = _node_id("topic", topic.get("topic", ""))
+        if topic_key is None:
             continue
-        topic_key = concept_id("topic", topic_name)
+        topic_surface = topic["topic"].strip()
         if (topic_key, None) not in seen:
             seen.add((topic_key, None))
-            rows.append({**base, "topic_id": topic_key, "kc_id": None, "topic_surface": topic["topic"].strip(),
+            rows.append({**base, "topic_id": topic_key, "kc_id": None, "topic_surface": topic_surface,
                          "kc_surface": None})
         for surface in topic.get("key_concepts", []):
-            kc_name = normalise_concept(surface)
-            if not _usable_concept(kc_name):
-                continue
-            kc_key = concept_id("kc", kc_name)
-            if (topic_key, kc_key) in seen:
+            kc_key = _node_id("kc", surface)
+            if kc_key is None or (topic_key, kc_key) in seen:
                 continue
             seen.add((topic_key, kc_key))
-            rows.append({**base, "topic_id": topic_key, "kc_id": kc_key, "topic_surface": topic["topic"].strip(),
+            rows.append({**base, "topic_id": topic_key, "kc_id": kc_key, "topic_surface": topic_surface,
                          "kc_surface": surface.strip()})
     return rows
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import polars as pl
 
-from synthllm.concepts import normalise_concept
 from synthllm.engines.base import ChatRequest, ChatResult
 from synthllm.plans import ShardPlan, fetch_rows
 from synthllm.resources import read_sql
@@ -77,7 +76,8 @@ class Level2Stage(LLMStage):
 
     def rows(self, item: dict[str, Any], result: ChatResult, origin: Provenance,
              settings: Settings) -> list[dict[str, Any]] | Failure:
-        allowed = {normalise_concept(s): k for k, s in item["concepts"].items()}
+        # a kc id is "kc:<normalised name>" (concept_id): no need to normalise the surfaces again
+        allowed = {k.split(":", 1)[-1]: k for k in item["concepts"]}
         built = question_rows(2, item["doc_id"], result.parsed, origin, [item["doc_id"]],
                               allowed_concepts=allowed, limit=settings.generation.l2_max_questions)
         return built or no_questions(self.name, item["doc_id"], result.text)
