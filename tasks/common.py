@@ -14,6 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from synthllm.engines.base import EngineAuthError, RunStopped
 from synthllm.ingest import IngestError, TransientReadError
+from synthllm.runs import freeze_startup_objects
 from synthllm.settings import Settings, SettingsError, settings_from_payload
 from synthllm.stages.runner import ShardSummary
 from synthllm.store import Store, stable_hash
@@ -26,6 +27,7 @@ SHARD_CACHE_POLICY = INPUTS - "run_id" + TASK_SOURCE
 
 def open_payload(settings_payload: dict[str, Any]) -> tuple[Settings, Store]:
     """The one way a task turns its settings parameter back into settings and a store."""
+    freeze_startup_objects()  # a worker process's first task: see synthllm.runs
     settings = settings_from_payload(settings_payload)
     return settings, Store(settings.store)
 
