@@ -54,9 +54,13 @@ def measure(source: Path, copy: Path, repeats: int) -> dict[str, Any]:
     from synthllm.stages.runner import run_shard
     from synthllm.store import Store
 
+    from synthllm import runs
+
     shutil.copytree(source, copy)
     shutil.rmtree(copy / "cache", ignore_errors=True)
     settings = load_settings(None, {"filter.enabled": False, "engine.backend": "standin"}, str(copy))
+    if hasattr(runs, "freeze_startup_objects"):  # what a flow run does first (absent from older code)
+        runs.freeze_startup_objects()
     store = Store(settings.store)
     stages: dict[str, Any] = {}
     for name in STAGES:
