@@ -143,9 +143,10 @@ def freeze_startup_objects() -> None:
 
     Modules, classes, pydantic schemas and Prefect's own objects are ~400k tracked objects that
     never become garbage, and every full collection walks them all: ~0.3 s of CPU each on this
-    project's 2-core machine, 30-odd times in a 10k-document bench run (8.8 CPU-s; its synthesize phase used 29.5). After
-    ``gc.freeze()`` full collections walk only the run's own objects. Collected first, so no
-    garbage is frozen with them. The young-generation threshold is raised too (``GC_THRESHOLDS``).
+    project's 2-core machine, 30-odd times in a 10k-document bench run (8.8 CPU-s; its
+    synthesize phase used 29.5). After ``gc.freeze()`` full collections walk only the run's own
+    objects. Collected first, so no garbage is frozen with them. The young-generation threshold
+    is raised too (``GC_THRESHOLDS``).
     """
     if _FROZEN.is_set():
         return
