@@ -18,6 +18,27 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
+_SCHEMA_DERIVED: dict[int, tuple[Any, dict[Callable[[Any], Any], Any]]] = {}
+_MAX_SCHEMAS_BY_ID = 1024
+
+
+def per_schema(schema: dict[str, Any] | None, build: Callable[[Any], Any]) -> Any:
+    """``build(schema)``, computed once per schema object and looked up by identity.
+
+    Stages share one read-only schema object for all their requests (``bounded_schema``), so the
+    validator and the cache key's JSON of it are built once, not per request or reply. Each entry
+    keeps its schema alive, so the id is not reused while it is cached."""
+    entry = _SCHEMA_DERIVED.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        if len(_SCHEMA_DERIVED) >= _MAX_SCHEMAS_BY_ID:
+            _SCHEMA_DERIVED.clear()
+        entry = _SCHEMA_DERIVED[id(schema)] = (schema, {})
+    derived = entry[1]
+    if build not in derived:
+        derived[build] = build(schema)
+    return derived[build]
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """One chat completion. ``json_schema`` asks for schema-constrained JSON output."""

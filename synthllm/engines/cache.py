@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from synthllm.engines.base import ChatRequest, ChatResult, Completion
+from synthllm.engines.base import ChatRequest, ChatResult, Completion, per_schema
 from synthllm.runs import utcnow
 from synthllm.store import Store, StoreError, hash_text, stable_json
 
@@ -62,21 +62,7 @@ def request_key(backend: str, model_id: str, request: ChatRequest) -> str:
     head = stable_json([backend, model_id, [dict(message) for message in request.messages],
                         float(request.temperature), float(request.top_p), request.max_tokens, request.n,
                         request.seed])
-    return hash_text(f"{head[:-1]}, {_schema_json(request.json_schema)}]", length=32)
-
-
-_SCHEMA_JSON: dict[int, tuple[Any, str]] = {}
-
-
-def _schema_json(schema: dict[str, Any] | None) -> str:
-    """The schema's JSON, by identity: stages share one read-only schema object per prompt (the
-    entry holds the object, so its id cannot be reused while cached)."""
-    entry = _SCHEMA_JSON.get(id(schema))
-    if entry is None or entry[0] is not schema:
-        if len(_SCHEMA_JSON) >= 256:
-            _SCHEMA_JSON.clear()
-        entry = _SCHEMA_JSON[id(schema)] = (schema, stable_json(schema))
-    return entry[1]
+    return hash_text(f"{head[:-1]}, {per_schema(request.json_schema, stable_json)}]", length=32)
 
 
 @dataclass(frozen=True)

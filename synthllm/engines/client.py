@@ -48,6 +48,7 @@ from synthllm.engines.base import (
     Completion,
     Engine,
     check_stop,
+    per_schema,
 )
 from synthllm.engines.cache import CACHE_UNREADABLE, ResponseCache, request_key
 from synthllm.engines.registry import make_engine
@@ -70,7 +71,6 @@ RETRIED_REASONS = (INVALID_JSON, SCHEMA_MISMATCH, TRUNCATED)
 _CHUNK_CONCURRENCY_FACTOR = {"openai": 4, "vllm": 8}
 _SEED_STRIDE = 1_000_003  # prime stride: retry seeds never collide with neighbouring items' seeds
 _FENCE = re.compile(r"^```[A-Za-z]*\s*(.*?)\s*```$", re.DOTALL)
-_MAX_VALIDATORS_BY_ID = 1024
 
 
 def retry_seed(seed: int | None, attempt: int) -> int | None:
@@ -108,20 +108,14 @@ def _validator(schema_json: str) -> SchemaCheck:
     return SchemaCheck(json.loads(schema_json))
 
 
-# Stages reuse one schema object for a whole shard: look its validator up by identity, without
-# serialising the schema per reply. The entry keeps the schema alive, so its id is not reused.
-_validators_by_id: dict[int, tuple[dict[str, Any], SchemaCheck]] = {}
+def _build_validator(schema: dict[str, Any]) -> SchemaCheck:
+    return _validator(json.dumps(schema, sort_keys=True))
 
 
 def validator_for(schema: dict[str, Any]) -> SchemaCheck:
-    entry = _validators_by_id.get(id(schema))
-    if entry is not None and entry[0] is schema:
-        return entry[1]
-    validator = _validator(json.dumps(schema, sort_keys=True))
-    if len(_validators_by_id) >= _MAX_VALIDATORS_BY_ID:
-        _validators_by_id.clear()
-    _validators_by_id[id(schema)] = (schema, validator)
-    return validator
+    """The schema's validator, looked up by identity (``per_schema``): no serialising per reply;
+    equal schemas in other objects share one through ``_validator``."""
+    return per_schema(schema, _build_validator)
 
 
 def parse_json_reply(text: str) -> Any:
