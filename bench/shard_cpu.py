@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,21 +27,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from pipeline_scale import spawn  # noqa: E402 - one child run, as pipeline_scale makes them
+
 STAGES = ("concepts", "level1", "level2", "level3", "question_gate", "answer")
-
-
-def build_store(work: Path, documents: int) -> None:
-    """The real flows on the generated corpus with the stand-in engine (a child process)."""
-    env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "PYTHONPATH": str(REPO),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    with (work / "child.log").open("w") as log:
-        code = subprocess.run([sys.executable, str(REPO / "bench" / "pipeline_scale.py"), "child", "--workdir",
-                               str(work), "--out", str(work / "run.json"), "--mode", "standin", "--documents",
-                               str(documents)], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                              check=False).returncode
-    if code != 0:
-        raise RuntimeError(f"building the store failed (exit {code}): see {work / 'child.log'}")
 
 
 def measure(source: Path, copy: Path, repeats: int) -> dict[str, Any]:
@@ -96,9 +84,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shard-cpu-") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if not (work / "run.json").exists():
-            build_store(work, args.documents)
-        run = json.loads((work / "run.json").read_text())
+        if not (work / "result.json").exists():  # the real flows, stand-in engine, in a child process
+            spawn(["--mode", "standin", "--documents", str(args.documents)], work, timeout_s=7200)
+        run = json.loads((work / "result.json").read_text())
         shutil.rmtree(work / "copy", ignore_errors=True)
         stages = measure(work / "store", work / "copy", args.repeats)
     requests = run["requests_by_stage"]
