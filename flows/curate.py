@@ -23,7 +23,7 @@ from synthllm.curation.stages import (
 )
 from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import open_run
-from synthllm.settings import Settings, resolve_settings, settings_payload
+from synthllm.settings import Settings, given_options, resolve_settings, settings_payload
 from synthllm.store import Store
 from tasks.common import open_payload, task_options
 from tasks.curate import dedup_task, diversity_report_task, export_task
@@ -84,8 +84,8 @@ def curate_flow(
         overrides: Dotted settings on top of the config file, e.g. {"curation.ngram": 10}.
         parent_settings: Resolved settings handed down by a parent run (synthllm-run); leave empty.
     """
-    settings = resolve_settings(config, {**(overrides or {}), "curation.benchmarks": benchmarks}, store,
-                                parent_settings)
+    chosen = given_options({"curation.benchmarks": benchmarks})
+    settings = resolve_settings(config, {**(overrides or {}), **chosen}, store, parent_settings)
     steps = _check_steps(steps)
     payload = settings_payload(settings)
     options = task_options(settings)

@@ -12,7 +12,7 @@ from flows.tracking import tracked
 from synthllm import filtering as F
 from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import open_run
-from synthllm.settings import EMBEDDED_MODEL, Settings, resolve_settings, settings_payload
+from synthllm.settings import EMBEDDED_MODEL, Settings, given_options, resolve_settings, settings_payload
 from synthllm.store import Store
 from tasks.common import make_task_runner, task_options
 from tasks.filtering import (
@@ -76,7 +76,7 @@ def filter_references_flow(
     """
     options = {"filter.domain": domain, "filter.rounds": rounds, "filter.rate_sample_size": rate_sample_size,
                "filter.threshold": threshold}
-    resolved = resolve_settings(config, {**(overrides or {}), **options}, store, parent_settings)
+    resolved = resolve_settings(config, {**(overrides or {}), **given_options(options)}, store, parent_settings)
     target = Store(resolved.store)
     logger = get_run_logger()
     fs = resolved.filter

@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from flows.tracking import tracked
 from synthllm.ingest import SUMMARY_COUNTS, add_file_summary, expand_sources
 from synthllm.runs import open_run
-from synthllm.settings import resolve_settings, settings_payload
+from synthllm.settings import given_options, resolve_settings, settings_payload
 from tasks.common import shard_task_options
 from tasks.ingest import ingest_source
 
@@ -39,7 +39,7 @@ def ingest_flow(
         parent_settings: Resolved settings handed down by a parent run (synthllm-run); leave empty.
     """
     fields = {"ingest.id_field": id_field, "ingest.text_field": text_field, "ingest.shard_size": shard_size}
-    resolved = resolve_settings(config, {**(overrides or {}), **fields}, store, parent_settings)
+    resolved = resolve_settings(config, {**(overrides or {}), **given_options(fields)}, store, parent_settings)
     files = expand_sources(sources, resolved.store)
     payload = settings_payload(resolved)
     with (

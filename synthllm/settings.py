@@ -372,13 +372,14 @@ def load_settings(
     overrides: dict[str, Any] | None = None,
     store: str | None = None,
 ) -> Settings:
-    """Defaults < config file < environment < overrides (dotted keys allowed) < ``store``."""
+    """Defaults < config file < environment < overrides (dotted keys allowed) < ``store``.
+
+    An override of None sets the value to None (``generation.max_documents: null`` lifts a config
+    file's limit); flows drop their own empty parameters first (:func:`given_options`)."""
     data: dict[str, Any] = read_config_file(config) if config else {}
     env_layer = {k: v for k, v in _EnvOnly().model_dump().items() if v is not None}
     data = _deep_merge(data, env_layer)
     for key, value in (overrides or {}).items():
-        if value is None:
-            continue
         if "." in key:
             _set_dotted(data, key, value)
         else:
@@ -480,6 +481,11 @@ def export_secrets(settings: Settings) -> None:
     for dotted, engine in engines.items():
         if engine is not None and engine.api_key.get_secret_value() not in ("", "EMPTY"):
             os.environ[SECRET_ENV[dotted]] = engine.api_key.get_secret_value()
+
+
+def given_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A flow's own parameters as overrides: one left empty (None) keeps the settings' value."""
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def resolve_settings(config: str | Path | None = None, overrides: dict[str, Any] | None = None,

@@ -76,3 +76,25 @@ def test_a_task_runner_not_installed_names_the_setting_and_the_extra(monkeypatch
     with pytest.raises(SettingsError, match=rf"orchestration.task_runner={runner} needs prefect-{runner}: "
                                             rf"pip install 'synthllm\[{runner}\]'"):
         make_task_runner(load_settings(None, {"orchestration.task_runner": runner}))
+
+
+def test_an_override_of_none_clears_a_config_files_value(tmp_path: Path) -> None:
+    """``{"generation.max_documents": null}`` in an ad-hoc run lifts the deployment config's limit."""
+    path = tmp_path / "config.yaml"
+    path.write_text("generation:\n  max_documents: 100\nanswer:\n  engine:\n    backend: openai\n")
+    assert load_settings(path).generation.max_documents == 100
+    cleared = load_settings(path, {"generation.max_documents": None, "answer.engine": None})
+    assert cleared.generation.max_documents is None and cleared.answer.engine is None
+    with pytest.raises(SettingsError, match="generation.shard_size"):
+        load_settings(path, {"generation.shard_size": None})
+
+
+def test_a_flows_empty_parameters_keep_the_settings_values(tmp_path: Path) -> None:
+    """A flow parameter left empty (None) means "from the settings", not "set to None"."""
+    from synthllm.settings import given_options, resolve_settings
+
+    path = tmp_path / "config.yaml"
+    path.write_text("ingest:\n  shard_size: 123\n")
+    options = given_options({"ingest.shard_size": None, "ingest.text_field": "body"})
+    settings = resolve_settings(path, options)
+    assert settings.ingest.shard_size == 123 and settings.ingest.text_field == "body"
