@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.tracking import Tracker, tracked
-from synthllm.lease import LeaseHeld, acquire
+from synthllm.lease import Lease, LeaseHeld, acquire
 from synthllm.plans import (
     covered_items,
     plan_items,
@@ -44,10 +44,13 @@ class StageRunner:
     A finished shard is offered at once to the stages waiting for its stage (streaming, see
     ``synthllm.stages.schedule``), so the next stage's shards queue up while this one drains.
     Shards go to the task runner the settings choose (threads, Dask or Ray), also when the flow
-    runs from a deployment, whose flow object carries the default runner."""
+    runs from a deployment, whose flow object carries the default runner. A stage whose store
+    lease was lost (``leases``) gets no more shards: the run fails with ``LeaseLost``."""
 
-    def __init__(self, run: RunContext, task_runner, tracker: Tracker, state: PlanState) -> None:
+    def __init__(self, run: RunContext, task_runner, tracker: Tracker, state: PlanState,
+                 leases: dict[str, Lease] | None = None) -> None:
         self.run, self.task_runner, self.tracker, self.state = run, task_runner, tracker, state
+        self.leases = leases or {}
         options = shard_task_options(run.store, run.settings, cached=False, uses_engine=True)
         self.task = generate_shard.with_options(**options)
         self.graph_task = build_concept_graph.with_options(**shard_task_options(run.store, run.settings))
@@ -130,6 +133,8 @@ class StageRunner:
         self.schedule.submitted(stage.name, len(shards), swept=swept)
 
     def _submit(self, name: str, shard_id: str, task, parameters: dict[str, Any]) -> None:
+        if name in self.leases:
+            self.leases[name].check()
         future = self.task_runner.submit(task, parameters)
         self.out[future] = (name, shard_id)
         future.add_done_callback(self.finished.put)
@@ -176,8 +181,9 @@ def synthesize_flow(store: str | None = None, config: str | None = None, overrid
                                "(or check the reference filter's threshold)")
         logger.info("generating from %d documents, levels %s", len(doc_ids), sorted(resolved.generation.levels))
         state = PlanState(doc_ids=doc_ids)
-        with make_task_runner(resolved) as task_runner, stage_leases(run, enabled_stages(resolved), logger):
-            runner = StageRunner(run, task_runner, tracker, state)
+        stages = enabled_stages(resolved)
+        with make_task_runner(resolved) as task_runner, stage_leases(run, stages, logger) as leases:
+            runner = StageRunner(run, task_runner, tracker, state, leases)
             runner.run_all()
         run.summary["stages"] = stage_totals(runner.summaries, list(steps))
     if run.summary["stages"]:
@@ -187,21 +193,24 @@ def synthesize_flow(store: str | None = None, config: str | None = None, overrid
 
 
 @contextmanager
-def stage_leases(run: RunContext, stages: list[Stage], logger) -> Iterator[None]:
+def stage_leases(run: RunContext, stages: list[Stage], logger) -> Iterator[dict[str, Lease]]:
     """One run at a time plans and runs a stage on a store: a second run waits, then finds the
     work covered (or stops with the holder's name after ``orchestration.lease_wait_s``). The
-    leases are taken for the whole run: stages overlap, a shard of any may finish at any time."""
+    leases are taken for the whole run: stages overlap, a shard of any may finish at any time.
+    Yields each stage's lease by stage name."""
     options = run.settings.orchestration
+    leases: dict[str, Lease] = {}
     with ExitStack() as stack:
         for stage in sorted(stages, key=lambda s: s.name):
             name = f"stage-{stage.name}"
             try:
-                stack.enter_context(acquire(run.store, name, run.run_id, options.lease_ttl_s))
+                leases[stage.name] = stack.enter_context(acquire(run.store, name, run.run_id, options.lease_ttl_s))
             except LeaseHeld as held:
                 logger.warning("stage %s of %s is being run by %s (since %s): waiting up to %.0f s", stage.name,
                                run.store.url, held.holder.owner, held.holder.acquired_at, options.lease_wait_s)
-                stack.enter_context(acquire(run.store, name, run.run_id, options.lease_ttl_s, options.lease_wait_s))
-        yield
+                leases[stage.name] = stack.enter_context(
+                    acquire(run.store, name, run.run_id, options.lease_ttl_s, options.lease_wait_s))
+        yield leases
 
 
 @flow(name="synthllm-run")

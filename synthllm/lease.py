@@ -182,12 +182,26 @@ def _lease_file(store: Store, name: str) -> _LeaseFile:
     return _S3LeaseFile(store, path) if store.is_s3 else _LocalLeaseFile(store, path)
 
 
+class LeaseLost(RuntimeError):
+    """Our lease was taken over (renewals lapsed): another run may be working on the stage now."""
+
+
 @dataclass
 class Lease:
     """A held lease. ``lost`` is set when a renewal found it taken over (we were too slow)."""
 
+    store_url: str
     record: LeaseRecord
     lost: threading.Event
+    reason: str = ""
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` once the lease is lost: its holder must not start more work."""
+        if self.lost.is_set():
+            raise LeaseLost(
+                f"lease {self.record.name!r} on store {self.store_url} was lost ({self.reason}): another run "
+                "may be working on this stage now, so this run submits none of its shards; rerun to finish "
+                "what is not stored (orchestration.lease_ttl_s sets how long renewals may lapse)")
 
 
 def holder(store: Store, name: str) -> LeaseRecord | None:
@@ -227,7 +241,7 @@ def acquire(
                 continue  # released or lapsed since: one more attempt at once
             raise LeaseHeld(store, latest[0])
         time.sleep(min(poll_s, remaining))
-    lease = Lease(mine, threading.Event())
+    lease = Lease(store.url, mine, threading.Event())
     stop = threading.Event()
     renewer = threading.Thread(
         target=_renew, args=(lease_file, lease, ttl_s, stop), name=f"lease-{name}", daemon=True
@@ -256,6 +270,7 @@ def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.E
             lease.record = renewed
         except Exception as exc:  # noqa: BLE001 - a failed renewal must not kill the run, only flag it
             if isinstance(exc, StoreError):
+                lease.reason = str(exc)
                 lease.lost.set()
                 log.warning("lease %r of %s lost: %s", lease.record.name, lease.record.owner, exc)
                 return

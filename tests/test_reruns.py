@@ -202,3 +202,38 @@ def test_the_llm_judge_drops_low_scored_questions_before_answers(
     assert judged.filter(pl.col("kept"))["score"].min() >= 6 and judged.filter(~pl.col("kept")).height > 0
     assert set(store.read_table("answers")["question_id"]) == set(judged.filter(pl.col("kept"))["question_id"])
     assert {s["stage"] for s in summary["stages"]} >= {"question_gate", "llm_judge", "answer"}
+
+
+def test_a_run_whose_lease_was_taken_submits_no_more_shards_of_that_stage(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
+    """A run whose renewals lapsed (a stall past ``lease_ttl_s``) and whose answer lease another run
+    took stops before asking for any answer: two runs must not ask the LLM for the same items."""
+    import threading
+    import time
+
+    import pytest
+
+    from synthllm.lease import LeaseLost, LeaseRecord, holder, lease_path
+
+    ingest_documents(store_settings, sample_dir, tmp_path, 3)
+    store = Store(store_settings)
+    reply, stolen, answered = PipelineResponder(), threading.Event(), []
+    thief = LeaseRecord("stage-answer", "run-z", "tz", "2024-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00")
+
+    def responder(request):
+        if not stolen.is_set():  # the first request: run-z takes the answer lease while this run stalls
+            stolen.set()
+            store.write_bytes(lease_path(store, "stage-answer"), thief.encode())
+            time.sleep(1.5)  # renewals every 0.2 s notice it
+        if request.json_schema is None:  # answers are free text; every other prompt has a schema
+            answered.append(request)
+        return reply(request)
+
+    overrides = overrides_for(store_settings, **{"orchestration.lease_ttl_s": 0.6, "gate.enabled": False})
+    engine_for(store_settings, responder, overrides)
+    with pytest.raises(LeaseLost, match=r"lease 'stage-answer' on store .* was lost \(taken over by run-z\)"):
+        synthesize_flow(store=store_settings.url, overrides=overrides)
+    assert stolen.is_set() and not answered and not store.shard_ids("answers")
+    assert store.read_table("questions").height > 0  # the stages it still held went on
+    assert holder(store, "stage-answer").owner == "run-z"  # the new holder's lease is left alone
+    assert holder(store, "stage-level1") is None  # the leases it held are released
