@@ -241,6 +241,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
                       "engine.max_concurrency": args.capacity}
     else:
         overrides["engine.backend"] = "standin"
+    overrides |= dict(args.override)
     from synthllm.engines.standin import REPLY_CPU
 
     shards = record_shards()
@@ -430,6 +431,11 @@ def part_workers(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "targets": {"speedup_2_vs_1": ">= 1.7 on 2 cores"}}
 
 
+def override(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    return key, json.loads(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -443,6 +449,8 @@ def main() -> None:
     child.add_argument("--task-workers", type=int, default=2)
     child.add_argument("--capacity", type=int, default=64)
     child.add_argument("--base-urls", nargs="*", default=[])
+    child.add_argument("--override", action="append", default=[], type=override,
+                       help="a dotted setting and its JSON value, e.g. generation.shard_size=8000")
     serve = sub.add_parser("serve")
     serve.add_argument("--rate", type=float, required=True)
     serve.add_argument("--capacity", type=int, default=64)
