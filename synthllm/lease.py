@@ -265,7 +265,7 @@ def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.E
             if current is None or current[0].token != lease.record.token:
                 raise StoreError("taken over by " + (current[0].owner if current else "nobody (deleted)"))
             renewed = lease.record.renewed(ttl_s)
-            if not lease_file.swap(renewed.encode(), current[1]):
+            if not lease_file.swap(renewed.encode(), current[1]) and not _landed(lease_file, renewed):
                 raise StoreError("changed during renewal")
             lease.record = renewed
         except Exception as exc:  # noqa: BLE001 - a failed renewal must not kill the run, only flag it
@@ -275,3 +275,10 @@ def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.E
                 log.warning("lease %r of %s lost: %s", lease.record.name, lease.record.owner, exc)
                 return
             log.warning("lease %r renewal failed, will retry: %s", lease.record.name, exc)
+
+
+def _landed(lease_file: _LeaseFile, record: LeaseRecord) -> bool:
+    """Whether the store holds exactly ``record``: a put whose reply was lost is retried by the S3
+    client, and the retry fails its condition on the version the first attempt wrote."""
+    current = lease_file.read()
+    return current is not None and current[0] == record

@@ -91,3 +91,24 @@ def test_the_same_owner_may_take_its_lease_again(store: Store) -> None:
     with acquire(store, "answer", "run-a", ttl_s=30):
         with acquire(Store(store.settings), "answer", "run-a", ttl_s=30):  # a retried task of run-a
             assert holder(store, "answer").owner == "run-a"
+
+
+def test_a_renewal_that_landed_but_reported_a_conflict_keeps_the_lease(store: Store, monkeypatch) -> None:
+    """An S3 put whose reply was lost is retried and the retry gets 412 on the version the first
+    attempt wrote: the renewal landed, and the lease must not be flagged lost (the run would stop)."""
+    from synthllm.lease import _lease_file
+
+    kind = type(_lease_file(store, "answer"))
+    real_swap, conflicts = kind.swap, []
+
+    def landed_then_conflict(self, data: bytes, version: str) -> bool:
+        assert real_swap(self, data, version)  # the write lands ...
+        conflicts.append(version)
+        return False  # ... but the retried request reports the changed version
+
+    monkeypatch.setattr(kind, "swap", landed_then_conflict)
+    with acquire(store, "answer", "run-a", ttl_s=0.6) as lease:
+        time.sleep(1.0)
+        assert len(conflicts) >= 2 and not lease.lost.is_set()
+        assert holder(store, "answer").expires_at == lease.record.expires_at
+    assert holder(store, "answer") is None  # still ours at the end: released
