@@ -200,7 +200,7 @@ class Lease:
         if self.lost.is_set():
             raise LeaseLost(
                 f"lease {self.record.name!r} on store {self.store_url} was lost ({self.reason}): another run "
-                "may be working on this stage now, so this run submits none of its shards; rerun to finish "
+                "may be working on this stage now, so this run submits no more of its shards; rerun to finish "
                 "what is not stored (orchestration.lease_ttl_s sets how long renewals may lapse)")
 
 
