@@ -66,9 +66,12 @@ class Recorder(PipelineResponder):
 
 
 def test_answers_start_while_questions_are_still_being_written(prefect_harness, sample_store: str) -> None:
+    # Four shard threads: with two, both level-3 shards (equal work) could hold both threads and
+    # end together, and the first answer shard would have to wait for them.
+    overrides = {**OVERRIDES, "orchestration.task_workers": 4}
     responder = Recorder()
     scripted(sample_store, responder)
-    synthesize_flow(store=sample_store, overrides=OVERRIDES)
+    synthesize_flow(store=sample_store, overrides=overrides)
     kinds = responder.kinds
     # today's main planned each stage after the whole previous one: every answer came after every question
     assert kinds.index("answer") < max(i for i, k in enumerate(kinds) if k == "level3")
@@ -87,6 +90,6 @@ def test_answers_start_while_questions_are_still_being_written(prefect_harness, 
     assert len(gate_plans) <= len(store.shard_ids("questions")) < questions.height / 4
 
     calls = len(kinds)
-    summary = synthesize_flow(store=sample_store, overrides=OVERRIDES)
+    summary = synthesize_flow(store=sample_store, overrides=overrides)
     assert len(responder.kinds) == calls  # a rerun asks nothing
     assert all(stage["shards"] == stage["skipped"] for stage in summary["stages"])
