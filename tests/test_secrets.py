@@ -97,15 +97,39 @@ def test_two_runs_on_one_store_ask_each_prompt_once(store_url: str, sample_dir: 
     reply = PipelineResponder()
     from openai_pipeline import request_of
 
+    import threading
+
+    waiting = threading.Event()  # one run logged that the other holds the leases
+
+    def answer(body):
+        # The lease holder's first reply waits until the other run is waiting for the lease, so
+        # the two always overlap (a fast holder could otherwise finish before the other started).
+        waiting.wait(300)
+        return Text(reply(request_of(body)), delay_s=0.05)
+
+    def read(run: subprocess.Popen, lines: list[str]) -> None:
+        for line in run.stdout:
+            lines.append(line)
+            if "is being run by" in line:
+                waiting.set()
+
     with pipeline_server() as server:
-        server.responder = lambda body: Text(reply(request_of(body)), delay_s=0.05)
+        server.responder = answer
         command = [sys.executable, "-m", "synthllm.cli", "synthesize", "--store", store_url,
                    *sets({**RUN, "generation.max_documents": 4, "generation.shard_size": 2, **openai_overrides(server)})]
         runs = [subprocess.Popen(command, env=command_env(tmp_path / f"prefect-{i}"),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-        outputs = [run.communicate(timeout=600)[0] for run in runs]
+        logs: list[list[str]] = [[], []]
+        readers = [threading.Thread(target=read, args=(run, lines)) for run, lines in zip(runs, logs)]
+        for reader in readers:
+            reader.start()
+        for run in runs:
+            run.wait(timeout=600)
+        for reader in readers:
+            reader.join(30)
+        outputs = ["".join(lines) for lines in logs]
         assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    assert any("is being run by" in output for output in outputs)
+    assert waiting.is_set() and any("is being run by" in output for output in outputs)
     store = Store(store_url)
     questions, answers = store.read_table("questions"), store.read_table("answers")
     assert questions["question_id"].n_unique() == questions.height and answers.height == questions.height
