@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,6 @@ def test_two_runs_on_one_store_ask_each_prompt_once(store_url: str, sample_dir: 
     ingest(store_url, sample_dir)
     reply = PipelineResponder()
     from openai_pipeline import request_of
-
-    import threading
 
     waiting = threading.Event()  # one run logged that the other holds the leases
 
