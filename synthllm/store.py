@@ -78,7 +78,7 @@ def hash_text(text: str, length: int = 16) -> str:
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
     """Hex digest of JSON-serialised parts: deterministic ids for shards, rows and cache keys."""
-    return hash_text(_STABLE_JSON.encode(parts), length)
+    return hash_text(stable_json(parts), length)
 
 
 class TableSchemas:

@@ -55,7 +55,7 @@ from synthllm.engines.registry import make_engine
 from synthllm.resources import read_sql
 from synthllm.runs import Failure
 from synthllm.settings import EngineSettings
-from synthllm.store import Store
+from synthllm.store import Store, stable_json
 
 __all__ = ["ENGINE_UNREACHABLE", "LLM", "RETRIED_REASONS", "make_engine", "retry_seed", "usage_summary"]
 
@@ -109,7 +109,7 @@ def _validator(schema_json: str) -> SchemaCheck:
 
 
 def _build_validator(schema: dict[str, Any]) -> SchemaCheck:
-    return _validator(json.dumps(schema, sort_keys=True))
+    return _validator(per_schema(schema, stable_json))  # the JSON the request keys use too
 
 
 def validator_for(schema: dict[str, Any]) -> SchemaCheck:
