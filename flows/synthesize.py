@@ -48,9 +48,9 @@ class StageRunner:
     lease was lost (``leases``) gets no more shards: the run fails with ``LeaseLost``."""
 
     def __init__(self, run: RunContext, task_runner, tracker: Tracker, state: PlanState,
-                 leases: dict[str, Lease] | None = None) -> None:
+                 leases: dict[str, Lease]) -> None:
         self.run, self.task_runner, self.tracker, self.state = run, task_runner, tracker, state
-        self.leases = leases or {}
+        self.leases = leases
         options = shard_task_options(run.store, run.settings, cached=False, uses_engine=True)
         self.task = generate_shard.with_options(**options)
         self.graph_task = build_concept_graph.with_options(**shard_task_options(run.store, run.settings))
@@ -133,8 +133,7 @@ class StageRunner:
         self.schedule.submitted(stage.name, len(shards), swept=swept)
 
     def _submit(self, name: str, shard_id: str, task, parameters: dict[str, Any]) -> None:
-        if name in self.leases:
-            self.leases[name].check()
+        self.leases[name].check()
         future = self.task_runner.submit(task, parameters)
         self.out[future] = (name, shard_id)
         future.add_done_callback(self.finished.put)
