@@ -217,7 +217,7 @@ def test_a_run_whose_lease_was_taken_submits_no_more_shards_of_that_stage(
 
     ingest_documents(store_settings, sample_dir, tmp_path, 3)
     store = Store(store_settings)
-    reply, stolen, answered = PipelineResponder(), threading.Event(), []
+    reply, stolen, answered, asked = PipelineResponder(), threading.Event(), [], []
     thief = LeaseRecord("stage-answer", "run-z", "tz", "2024-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00")
 
     def responder(request):
@@ -227,6 +227,7 @@ def test_a_run_whose_lease_was_taken_submits_no_more_shards_of_that_stage(
             time.sleep(1.5)  # renewals every 0.2 s notice it
         if request.json_schema is None:  # answers are free text; every other prompt has a schema
             answered.append(request)
+        asked.append(request.messages[-1]["content"])
         return reply(request)
 
     overrides = overrides_for(store_settings, **{"orchestration.lease_ttl_s": 0.6, "gate.enabled": False})
@@ -237,3 +238,12 @@ def test_a_run_whose_lease_was_taken_submits_no_more_shards_of_that_stage(
     assert store.read_table("questions").height > 0  # the stages it still held went on
     assert holder(store, "stage-answer").owner == "run-z"  # the new holder's lease is left alone
     assert holder(store, "stage-level1") is None  # the leases it held are released
+
+    # run-z is gone: a rerun asks only for the answers, none of the prompts already answered
+    store.fs.rm(lease_path(store, "stage-answer"))
+    first = list(asked)
+    synthesize_flow(store=store_settings.url, overrides=overrides)
+    rerun = asked[len(first):]
+    questions = store.read_table("questions")
+    assert len(rerun) == len(answered) == questions.height and not set(rerun) & set(first)
+    assert set(store.read_table("answers")["question_id"]) == set(questions["question_id"])
