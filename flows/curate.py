@@ -14,6 +14,7 @@ from prefect.futures import as_completed
 from flows.tracking import tracked
 from synthllm.curation.diversity import HISTOGRAMS_FILE, inline_histograms
 from synthllm.curation.export import EXPORT_FORMATS
+from synthllm.lease import Lease, acquire_waiting
 from synthllm.curation.stages import (
     add_decontamination_totals,
     decontaminate_shards,
@@ -22,7 +23,7 @@ from synthllm.curation.stages import (
     write_curation_summary,
 )
 from synthllm.progress import LIGHT_WEIGHT
-from synthllm.runs import open_run
+from synthllm.runs import RunContext, open_run
 from synthllm.settings import Settings, given_options, resolve_settings, settings_payload
 from synthllm.store import Store
 from tasks.common import open_payload, task_options
@@ -37,6 +38,14 @@ CURATE_STEPS = ("dedup", "decontaminate", "report")
 STEP_WEIGHTS = {"dedup": LIGHT_WEIGHT, "decontaminate": LIGHT_WEIGHT, "report": LIGHT_WEIGHT}
 DEFAULT_EXPORT_NAME = "synthllm-qa"
 HISTOGRAMS_CAPTION = "Question similarity by level"
+
+
+def curation_lease(run: RunContext, logger):
+    """One curate or export run at a time on a store: a second would rewrite (or remove as stale)
+    the curation shards the first is writing, or export a curation table half rewritten."""
+    options = run.settings.orchestration
+    return acquire_waiting(run.store, "curation", run.run_id, options.lease_ttl_s, options.lease_wait_s,
+                           "curation", logger)
 
 
 @task(name="curate-decontaminate-chunk", cache_policy=NO_CACHE)
@@ -93,9 +102,11 @@ def curate_flow(
     with (
         open_run("curate", settings, steps=steps, curated_only=curated_only) as run,
         tracked("curate", run.store, {step: STEP_WEIGHTS[step] for step in steps}) as tracker,
+        curation_lease(run, logger) as lease,
     ):
         target, run_id, summary = run.store, run.run_id, run.summary
         if "dedup" in steps:
+            lease.check()
             tracker.plan("dedup", 1)
             summary["dedup"] = dedup_task.with_options(**options)(payload, run_id)
             dedup = summary["dedup"]
@@ -103,10 +114,13 @@ def curate_flow(
                                            "failures": 0})
             tracker.close("dedup")
         if "decontaminate" in steps:
-            summary["decontaminate"] = _decontaminate(target, settings, payload, run_id, tracker, options)
+            lease.check()
+            summary["decontaminate"] = _decontaminate(target, settings, payload, run_id, tracker, options, lease)
         if "dedup" in steps or "decontaminate" in steps:
+            lease.check()
             write_curation_summary(target, settings, run_id, summary)
         if "report" in steps:
+            lease.check()
             tracker.plan("report", 1)
             report = diversity_report_task.with_options(**options)(payload, curated_only)
             summary["report_files"] = report["files"]
@@ -129,7 +143,7 @@ def curate_flow(
 
 
 def _decontaminate(target: Store, settings: Settings, payload: dict[str, Any], run_id: str, tracker,
-                   options: dict[str, Any]) -> dict[str, Any]:
+                   options: dict[str, Any], lease: Lease) -> dict[str, Any]:
     shards = question_shards(target)
     chunks = shard_chunks(shards, settings.orchestration.task_workers)
     tracker.plan("decontaminate", len(chunks))
@@ -140,6 +154,7 @@ def _decontaminate(target: Store, settings: Settings, payload: dict[str, Any], r
         totals = add_decontamination_totals(totals, result)
         tracker.finish_shard("decontaminate", {"items": result["questions"], "rows": result["questions"]})
     tracker.close("decontaminate")
+    lease.check()  # the shards another run may be writing now are not this run's to remove
     totals["stale_shards_removed"] = remove_stale_decontamination(target, settings)
     return totals
 
@@ -171,11 +186,14 @@ def export_flow(
     with (
         open_run("export", settings, name=name, formats=formats, out=out) as run,
         tracked("export", run.store, {"export": LIGHT_WEIGHT}) as tracker,
+        curation_lease(run, get_run_logger()) as lease,
     ):
         target, summary = run.store, run.summary
         tracker.plan("export", 1)
+        lease.check()
         result = export_task.with_options(**task_options(settings))(
             settings_payload(settings), name, formats)
+        lease.check()  # a curate run that took over may have changed what was read: export again
         tracker.finish_shard("export", {"items": result["rows"], "rows": result["rows"]})
         folder = target.path("exports", name)
         if out:

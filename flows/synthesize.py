@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.tracking import Tracker, tracked
-from synthllm.lease import Lease, LeaseHeld, acquire
+from synthllm.lease import Lease, acquire_waiting
 from synthllm.plans import (
     covered_items,
     plan_items,
@@ -33,7 +33,7 @@ from synthllm.stages.base import GRAPH_STEP, LLMStage, PlanState, Stage
 from synthllm.stages.registry import enabled_stages, waves
 from synthllm.stages.schedule import Schedule
 from synthllm.store import Store
-from tasks.common import make_task_runner, shard_task_options
+from tasks.common import open_task_runner, shard_task_options
 from tasks.generation import generate_shard
 from tasks.graph import build_concept_graph
 
@@ -181,7 +181,7 @@ def synthesize_flow(store: str | None = None, config: str | None = None, overrid
         logger.info("generating from %d documents, levels %s", len(doc_ids), sorted(resolved.generation.levels))
         state = PlanState(doc_ids=doc_ids)
         stages = enabled_stages(resolved)
-        with make_task_runner(resolved) as task_runner, stage_leases(run, stages, logger) as leases:
+        with open_task_runner(resolved) as task_runner, stage_leases(run, stages, logger) as leases:
             runner = StageRunner(run, task_runner, tracker, state, leases)
             runner.run_all()
         run.summary["stages"] = stage_totals(runner.summaries, list(steps))
@@ -201,14 +201,9 @@ def stage_leases(run: RunContext, stages: list[Stage], logger) -> Iterator[dict[
     leases: dict[str, Lease] = {}
     with ExitStack() as stack:
         for stage in sorted(stages, key=lambda s: s.name):
-            name = f"stage-{stage.name}"
-            try:
-                leases[stage.name] = stack.enter_context(acquire(run.store, name, run.run_id, options.lease_ttl_s))
-            except LeaseHeld as held:
-                logger.warning("stage %s of %s is being run by %s (since %s): waiting up to %.0f s", stage.name,
-                               run.store.url, held.holder.owner, held.holder.acquired_at, options.lease_wait_s)
-                leases[stage.name] = stack.enter_context(
-                    acquire(run.store, name, run.run_id, options.lease_ttl_s, options.lease_wait_s))
+            leases[stage.name] = stack.enter_context(acquire_waiting(
+                run.store, f"stage-{stage.name}", run.run_id, options.lease_ttl_s, options.lease_wait_s,
+                f"stage {stage.name}", logger))
         yield leases
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -200,8 +200,8 @@ class Lease:
         if self.lost.is_set():
             raise LeaseLost(
                 f"lease {self.record.name!r} on store {self.store_url} was lost ({self.reason}): another run "
-                "may be working on this stage now, so this run submits no more of its shards; rerun to finish "
-                "what is not stored (orchestration.lease_ttl_s sets how long renewals may lapse)")
+                "may be doing this work now, so this run starts no more of it; rerun to finish what is not "
+                "stored (orchestration.lease_ttl_s sets how long renewals may lapse)")
 
 
 def holder(store: Store, name: str) -> LeaseRecord | None:
@@ -256,6 +256,21 @@ def acquire(
             current = lease_file.read()
             if current is not None and current[0].token == lease.record.token:
                 lease_file.delete(current[1])
+
+
+@contextmanager
+def acquire_waiting(store: Store, name: str, owner: str, ttl_s: float, wait_s: float, what: str,
+                    logger: logging.Logger | logging.LoggerAdapter) -> Iterator[Lease]:
+    """:func:`acquire` at once, or, while another run holds the lease, a warning naming that run
+    and ``what`` it holds, then up to ``wait_s`` of waiting for it."""
+    with ExitStack() as stack:
+        try:
+            lease = stack.enter_context(acquire(store, name, owner, ttl_s))
+        except LeaseHeld as held:
+            logger.warning("%s of %s is being run by %s (since %s): waiting up to %.0f s", what, store.url,
+                           held.holder.owner, held.holder.acquired_at, wait_s)
+            lease = stack.enter_context(acquire(store, name, owner, ttl_s, wait_s))
+        yield lease
 
 
 def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.Event) -> None:

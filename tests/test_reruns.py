@@ -247,3 +247,80 @@ def test_a_run_whose_lease_was_taken_submits_no_more_shards_of_that_stage(
     questions = store.read_table("questions")
     assert len(rerun) == len(answered) == questions.height and not set(rerun) & set(first)
     assert set(store.read_table("answers")["question_id"]) == set(questions["question_id"])
+
+
+def test_curate_and_export_runs_take_turns_on_a_store(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
+    """Two curate runs (or a curate and an export) on one store used to run at once: one rewrote
+    or removed as stale the curation shards the other wrote, an export read a table half rewritten.
+    Now they hold the store's ``curation`` lease: a second run waits for it, or names the holder."""
+    import threading
+
+    import pytest
+
+    from flows.curate import curate_flow, export_flow
+    from synthllm.lease import LeaseHeld, acquire
+
+    ingest_documents(store_settings, sample_dir, tmp_path, 3)
+    store = Store(store_settings)
+    overrides = overrides_for(store_settings, **{"orchestration.lease_wait_s": 0, "curation.benchmarks": ["builtin:gsm8k"]})
+    engine_for(store_settings, PipelineResponder(), overrides)
+    synthesize_flow(store=store_settings.url, overrides=overrides)
+    before = set(store.shard_ids("curation"))
+
+    with acquire(store, "curation", "run-z", ttl_s=30):
+        for flow_ in (curate_flow, export_flow):
+            with pytest.raises(LeaseHeld, match=r"lease 'curation' on store .* is held by run-z"):
+                flow_(store=store_settings.url, overrides=overrides)
+    assert set(store.shard_ids("curation")) == before  # the refused curate run wrote nothing
+    assert not store.exists(store.path("exports"))
+
+    # a run that may wait starts once run-z releases the lease
+    held, curated_early = acquire(store, "curation", "run-z", ttl_s=30), []
+    held.__enter__()
+
+    def release() -> None:
+        curated_early.append(set(store.shard_ids("curation")) != before)
+        held.__exit__(None, None, None)
+
+    timer = threading.Timer(2.0, release)
+    timer.start()
+    summary = curate_flow(store=store_settings.url, overrides={**overrides, "orchestration.lease_wait_s": 30})
+    timer.join()
+    assert curated_early == [False]  # nothing written while run-z held the lease
+    assert summary["decontaminate"]["questions"] > 0 and set(store.shard_ids("curation")) > before
+    assert export_flow(store=store_settings.url, overrides=overrides)["rows"] > 0  # the lease was released
+
+
+def test_a_curate_run_whose_lease_was_taken_removes_nothing(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A curate run that stalled past ``lease_ttl_s`` while another took the curation lease stops
+    before its next step: it must not remove as stale, or overwrite, what the new holder writes."""
+    import time
+
+    import pytest
+
+    import tasks.curate
+    from flows.curate import curate_flow
+    from synthllm.curation.export import CURATION_SUMMARY
+    from synthllm.lease import LeaseLost, LeaseRecord, holder, lease_path
+
+    ingest_documents(store_settings, sample_dir, tmp_path, 3)
+    store = Store(store_settings)
+    overrides = overrides_for(store_settings, **{"orchestration.lease_ttl_s": 0.6, "curation.benchmarks": ["builtin:gsm8k"]})
+    engine_for(store_settings, PipelineResponder(), overrides)
+    synthesize_flow(store=store_settings.url, overrides=overrides)
+    thief = LeaseRecord("curation", "run-z", "tz", "2024-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00")
+    dedup = tasks.curate.run_dedup
+
+    def stalled_dedup(*args, **kwargs):
+        store.write_bytes(lease_path(store, "curation"), thief.encode())
+        time.sleep(1.5)  # renewals every 0.2 s notice it
+        return dedup(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.curate, "run_dedup", stalled_dedup)
+    with pytest.raises(LeaseLost, match=r"lease 'curation' on store .* was lost \(taken over by run-z\)"):
+        curate_flow(store=store_settings.url, overrides=overrides)
+    assert not [s for s in store.shard_ids("curation") if s.startswith("decontam-")]
+    assert not store.exists(store.path(CURATION_SUMMARY))  # the summary of checks it did not finish
+    assert holder(store, "curation").owner == "run-z"
