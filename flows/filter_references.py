@@ -14,7 +14,7 @@ from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import open_run
 from synthllm.settings import EMBEDDED_MODEL, Settings, given_options, resolve_settings, settings_payload
 from synthllm.store import Store
-from tasks.common import make_task_runner, task_options
+from tasks.common import open_task_runner, task_options
 from tasks.filtering import (
     draw_rating_sample,
     rate_documents,
@@ -98,7 +98,7 @@ def filter_references_flow(
     with (
         open_run("filter_references", resolved) as run,
         tracked("filter-references", target, filter_steps(resolved)) as tracker,
-        make_task_runner(resolved) as runner,
+        open_task_runner(resolved) as runner,
     ):
         run_id, summary = run.run_id, run.summary
         F.prune_rounds_after(target, fs.rounds)

@@ -244,6 +244,9 @@ class OrchestrationSettings(_Section):
     task_runner: Literal["thread", "dask", "ray"] = "thread"
     task_workers: int = Field(2, ge=1)
     ray_address: str | None = None
+    # A running Dask scheduler (tcp://host:8786) for task_runner=dask, e.g. `dask scheduler` with
+    # `dask worker` on the GPU or client nodes; None: a temporary local cluster of task_workers processes.
+    dask_address: str | None = None
     # Name of a Prefect global concurrency limit held by every engine shard (create it with
     # `prefect gcl create gpu --limit <GPUs>`); None: no limit (laptop, ephemeral API).
     gpu_concurrency_limit: str | None = None

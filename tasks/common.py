@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.concurrency.sync import concurrency
@@ -110,20 +112,55 @@ def engine_tag(settings: Settings) -> str:
     return {"vllm": "gpu", "llamacpp": "cpu", "standin": "cpu", "openai": "server"}[settings.engine.backend]
 
 
+def api_url() -> str:
+    """The Prefect API this process reports to: the configured one, or the temporary server of a CLI or ad-hoc run."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url).rstrip("/")
+
+
 def worker_environment() -> dict[str, str]:
     """The Prefect API this process reports to, for worker processes it starts.
 
     Without ``PREFECT_API_URL`` (the ephemeral API) each Dask worker would start a Prefect server of
     its own: one more process per worker, all writing to the same database.
     """
-    from prefect import get_client
+    return {"PREFECT_API_URL": api_url()}
 
-    with get_client(sync_client=True) as client:
-        return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
+
+def _is_loopback(address: str) -> bool:
+    host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+@contextmanager
+def open_task_runner(settings: Settings) -> Iterator[Any]:
+    """The run's task runner, entered: threads by default; Dask or Ray (prefect-dask / prefect-ray)
+    to spread shards over processes or machines.
+
+    Tasks sent to a running Dask cluster carry the flow's Prefect settings, the API URL among them.
+    A run on the temporary API has none there: its URL is put in for a scheduler on this machine
+    (the workers can reach the temporary server's 127.0.0.1 port), and refused for another machine's.
+    """
+    options = settings.orchestration
+    api = nullcontext()
+    if options.task_runner == "dask" and options.dask_address:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        if PREFECT_API_URL.value() is None:
+            if not _is_loopback(options.dask_address):
+                raise SettingsError(
+                    f"orchestration.dask_address={options.dask_address}: the cluster's workers must report to a "
+                    "Prefect server they can reach, and this run uses a temporary one on 127.0.0.1; set "
+                    "PREFECT_API_URL (prefect server start, docs/orchestration.md)")
+            api = temporary_settings({PREFECT_API_URL: api_url()})
+    with api, make_task_runner(settings) as runner:
+        yield runner
 
 
 def make_task_runner(settings: Settings):
-    """Thread pool by default; Dask or Ray (prefect-dask / prefect-ray) to spread shards over processes or machines."""
+    """The task runner ``orchestration.task_runner`` names, not yet entered (see :func:`open_task_runner`)."""
     workers, runner = settings.orchestration.task_workers, settings.orchestration.task_runner
     if runner in ("dask", "ray"):
         try:
@@ -132,6 +169,8 @@ def make_task_runner(settings: Settings):
             raise SettingsError(f"orchestration.task_runner={runner} needs prefect-{runner}: "
                                 f"pip install 'synthllm[{runner}]' (in the worker image too)") from None
     if runner == "dask":
+        if settings.orchestration.dask_address:
+            return module.DaskTaskRunner(address=settings.orchestration.dask_address)
         return module.DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
                                                      "processes": True, "env": worker_environment()})
     if runner == "ray":

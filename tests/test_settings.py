@@ -8,6 +8,8 @@ import pytest
 
 from synthllm.settings import SettingsError, load_settings
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
@@ -98,3 +100,25 @@ def test_a_flows_empty_parameters_keep_the_settings_values(tmp_path: Path) -> No
     options = given_options({"ingest.shard_size": None, "ingest.text_field": "body"})
     settings = resolve_settings(path, options)
     assert settings.ingest.shard_size == 123 and settings.ingest.text_field == "body"
+
+
+def test_a_dask_cluster_on_another_machine_needs_a_prefect_server_it_can_reach() -> None:
+    """A run on the temporary API (127.0.0.1) refuses a remote scheduler before sending it any
+    shard: its workers could not report the task runs, and would start Prefect servers of their own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.common import open_task_runner
+
+    remote = load_settings(None, {"orchestration.task_runner": "dask", "orchestration.dask_address": "tcp://10.1.2.3:8786"})
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert PREFECT_API_URL.value() is None
+        with pytest.raises(SettingsError, match=r"orchestration.dask_address=tcp://10.1.2.3:8786: .* set PREFECT_API_URL"):
+            with open_task_runner(remote):
+                pass
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_config_loads(config: Path) -> None:
+    """The example configs are documentation users copy: a renamed setting must fail here, not on a cluster."""
+    settings = load_settings(str(config))
+    assert settings.store.url
