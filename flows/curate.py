@@ -14,7 +14,7 @@ from prefect.futures import as_completed
 from flows.tracking import tracked
 from synthllm.curation.diversity import HISTOGRAMS_FILE, inline_histograms
 from synthllm.curation.export import EXPORT_FORMATS
-from synthllm.lease import Lease, acquire_waiting
+from synthllm.lease import Lease
 from synthllm.curation.stages import (
     add_decontamination_totals,
     decontaminate_shards,
@@ -23,7 +23,7 @@ from synthllm.curation.stages import (
     write_curation_summary,
 )
 from synthllm.progress import LIGHT_WEIGHT
-from synthllm.runs import RunContext, open_run
+from synthllm.runs import open_run
 from synthllm.settings import Settings, given_options, resolve_settings, settings_payload
 from synthllm.store import Store
 from tasks.common import open_payload, task_options
@@ -38,14 +38,6 @@ CURATE_STEPS = ("dedup", "decontaminate", "report")
 STEP_WEIGHTS = {"dedup": LIGHT_WEIGHT, "decontaminate": LIGHT_WEIGHT, "report": LIGHT_WEIGHT}
 DEFAULT_EXPORT_NAME = "synthllm-qa"
 HISTOGRAMS_CAPTION = "Question similarity by level"
-
-
-def curation_lease(run: RunContext, logger):
-    """One curate or export run at a time on a store: a second would rewrite (or remove as stale)
-    the curation shards the first is writing, or export a curation table half rewritten."""
-    options = run.settings.orchestration
-    return acquire_waiting(run.store, "curation", run.run_id, options.lease_ttl_s, options.lease_wait_s,
-                           "curation", logger)
 
 
 @task(name="curate-decontaminate-chunk", cache_policy=NO_CACHE)
@@ -102,7 +94,9 @@ def curate_flow(
     with (
         open_run("curate", settings, steps=steps, curated_only=curated_only) as run,
         tracked("curate", run.store, {step: STEP_WEIGHTS[step] for step in steps}) as tracker,
-        curation_lease(run, logger) as lease,
+        # a second curate or export would rewrite (or remove as stale) the curation shards this
+        # run writes, or export a curation table half rewritten
+        run.lease("curation", "curation", logger) as lease,
     ):
         target, run_id, summary = run.store, run.run_id, run.summary
         if "dedup" in steps:
@@ -186,7 +180,7 @@ def export_flow(
     with (
         open_run("export", settings, name=name, formats=formats, out=out) as run,
         tracked("export", run.store, {"export": LIGHT_WEIGHT}) as tracker,
-        curation_lease(run, get_run_logger()) as lease,
+        run.lease("curation", "curation", get_run_logger()) as lease,
     ):
         target, summary = run.store, run.summary
         tracker.plan("export", 1)

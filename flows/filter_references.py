@@ -99,6 +99,8 @@ def filter_references_flow(
         open_run("filter_references", resolved) as run,
         tracked("filter-references", target, filter_steps(resolved)) as tracker,
         open_task_runner(resolved) as runner,
+        # a second filter run would rate the same samples again and prune the shards this one writes
+        run.lease("filter", "reference filter", logger) as lease,
     ):
         run_id, summary = run.run_id, run.summary
         F.prune_rounds_after(target, fs.rounds)
@@ -119,6 +121,7 @@ def filter_references_flow(
                                                 "skipped": examples.get("skipped", False)})
                 model = train(payload, 0, examples["path"])
             else:
+                lease.check()
                 doc_ids = sample(payload, round_index)
                 doc_parts = F.chunks(doc_ids, fs.rate_shard_size)
                 tracker.plan(llm_step, len(doc_parts), len(doc_ids))
@@ -132,6 +135,7 @@ def filter_references_flow(
                     tracker.finish_shard(llm_step, {"items": part["rated"] + part["failures"], "rows": part["rated"],
                                                     "failures": part["failures"], "skipped": part["skipped"]})
                 # the training query reads every rater row of this round: drop an older run's first
+                lease.check()
                 F.prune_round(target, round_index, keep=current, kind="rate")
                 model = train(payload, round_index)
             tracker.close(llm_step)
@@ -149,6 +153,7 @@ def filter_references_flow(
             if round_index == 0:
                 scored.append(score_synthetic(payload, model["version"], model["score_key"], examples["path"], run_id))
             current.update(part["shard_id"] for part in scored)
+            lease.check()
             F.prune_round(target, round_index, keep=current)
             row.update(n_train=model["n_train"], version=model["version"], **F.round_counts(target, round_index))
             logger.info("round %d: %s", round_index, row)

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.tracking import Tracker, tracked
-from synthllm.lease import Lease, acquire_waiting
+from synthllm.lease import Lease
 from synthllm.plans import (
     covered_items,
     plan_items,
@@ -197,13 +197,10 @@ def stage_leases(run: RunContext, stages: list[Stage], logger) -> Iterator[dict[
     work covered (or stops with the holder's name after ``orchestration.lease_wait_s``). The
     leases are taken for the whole run: stages overlap, a shard of any may finish at any time.
     Yields each stage's lease by stage name."""
-    options = run.settings.orchestration
     leases: dict[str, Lease] = {}
     with ExitStack() as stack:
         for stage in sorted(stages, key=lambda s: s.name):
-            leases[stage.name] = stack.enter_context(acquire_waiting(
-                run.store, f"stage-{stage.name}", run.run_id, options.lease_ttl_s, options.lease_wait_s,
-                f"stage {stage.name}", logger))
+            leases[stage.name] = stack.enter_context(run.lease(f"stage-{stage.name}", f"stage {stage.name}", logger))
         yield leases
 
 

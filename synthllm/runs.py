@@ -7,11 +7,12 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from synthllm.lease import Lease, acquire_waiting
 from synthllm.settings import Settings
 from synthllm.store import Store
 
@@ -130,6 +131,12 @@ class RunContext:
     store: Store
     run_id: str
     summary: dict[str, Any]
+
+    def lease(self, name: str, what: str, logger) -> AbstractContextManager[Lease]:
+        """The store lease ``name`` for this run: one run at a time does ``what`` on a store; a
+        second waits ``orchestration.lease_wait_s`` with a warning naming the holder, then stops."""
+        options = self.settings.orchestration
+        return acquire_waiting(self.store, name, self.run_id, options.lease_ttl_s, options.lease_wait_s, what, logger)
 
 
 _FROZEN = threading.Event()

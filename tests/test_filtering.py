@@ -306,3 +306,45 @@ def test_flow_keeps_mathematics_and_resumes_without_the_llm(prefect_harness, sto
     assert store.read_table("document_scores")["round"].max() == 1
     assert not store.exists(F.model_path(store, 2))
     assert fewer["reference_documents"] == F.round_counts(store, 1)["kept"]
+
+
+def test_a_second_filter_run_on_a_store_waits_or_names_the_holder(prefect_harness, store_url, tmp_path, corpus,
+                                                                   scripted):
+    """Two filter runs on one store used to run at once: both asked the LLM for the same ratings,
+    and each pruned as stale the shards the other wrote. Now they hold the store's ``filter`` lease."""
+    from flows.filter_references import filter_references_flow
+    from synthllm.lease import LeaseHeld, acquire
+
+    store = ingest_corpus(store_url, tmp_path, corpus)
+    with acquire(store, "filter", "run-z", ttl_s=30):
+        with pytest.raises(LeaseHeld, match=r"lease 'filter' on store .* is held by run-z"):
+            filter_references_flow(store=store_url, rounds=1, rate_sample_size=16,
+                                   overrides={"orchestration.lease_wait_s": 0})
+    assert scripted.calls == {"rate": 0, "write": 0} and not store.shard_ids("document_scores")
+
+
+def test_a_filter_run_whose_lease_was_taken_prunes_nothing(prefect_harness, store_url, tmp_path, corpus, scripted,
+                                                           monkeypatch):
+    """A filter run that stalled past ``lease_ttl_s`` while another took its lease stops before it
+    prunes a round or trains on it: what the new holder writes stays."""
+    import time
+
+    from flows.filter_references import filter_references_flow
+    from synthllm.lease import LeaseLost, LeaseRecord, holder, lease_path
+
+    store = ingest_corpus(store_url, tmp_path, corpus)
+    thief = LeaseRecord("filter", "run-z", "tz", "2024-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00")
+    rate = CorpusLLM.__call__
+
+    def stalled(self: CorpusLLM, request: ChatRequest) -> str:
+        if self.calls["rate"] == 0 and DOCUMENT.search(request.messages[-1]["content"]):
+            store.write_bytes(lease_path(store, "filter"), thief.encode())
+            time.sleep(1.5)  # renewals every 0.2 s notice it
+        return rate(self, request)
+
+    monkeypatch.setattr(CorpusLLM, "__call__", stalled)
+    with pytest.raises(LeaseLost, match=r"lease 'filter' on store .* was lost \(taken over by run-z\)"):
+        filter_references_flow(store=store_url, rounds=1, rate_sample_size=16,
+                               overrides={"orchestration.lease_ttl_s": 0.6})
+    assert scripted.calls["rate"] > 0 and not store.exists(F.model_path(store, 1))  # round 1 not trained
+    assert holder(store, "filter").owner == "run-z"
