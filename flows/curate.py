@@ -14,7 +14,6 @@ from prefect.futures import as_completed
 from flows.tracking import tracked
 from synthllm.curation.diversity import HISTOGRAMS_FILE, inline_histograms
 from synthllm.curation.export import EXPORT_FORMATS
-from synthllm.lease import Lease
 from synthllm.curation.stages import (
     add_decontamination_totals,
     decontaminate_shards,
@@ -22,6 +21,7 @@ from synthllm.curation.stages import (
     remove_stale_decontamination,
     write_curation_summary,
 )
+from synthllm.lease import Lease
 from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import open_run
 from synthllm.settings import Settings, given_options, resolve_settings, settings_payload

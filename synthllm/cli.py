@@ -159,7 +159,7 @@ def status(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Row counts per table, failures by reason, recent runs, LLM token usage."""
+    """Row counts per table, failures by reason, recent runs, LLM token usage, runs holding the store's leases."""
     from synthllm.settings import load_settings
     from synthllm.status import store_status
     from synthllm.store import Store
@@ -175,6 +175,8 @@ def status(
     usage_columns = ("stage", "model", "requests", "calls", "cached", "failures", "prompt_tokens",
                      "completion_tokens", "seconds")
     _print_table("llm usage (latest runs)", [{k: row[k] for k in usage_columns} for row in report["llm_usage"]])
+    if report["leases"]:  # a run at work on the store (or a killed run's lease, until it expires)
+        _print_table("leases", report["leases"])
     corrupt = report.get("corrupt_files") or []
     if corrupt:
         console.print(f"[bold red]corrupt files[/]: {len(corrupt)}, left out of the counts above "

@@ -205,9 +205,15 @@ class Lease:
 
 
 def holder(store: Store, name: str) -> LeaseRecord | None:
-    """Who holds the lease now (expired or not), for status reports."""
+    """Who holds the lease now (expired or not)."""
     current = _lease_file(store, name).read()
     return current[0] if current else None
+
+
+def held_leases(store: Store) -> list[LeaseRecord]:
+    """Every lease on the store (expired ones too: a killed run's, until the next run takes it), for status."""
+    names = sorted(path.rsplit("/", 1)[-1].removesuffix(".json") for path in store.glob(store.path("leases", "*.json")))
+    return [record for record in map(lambda name: holder(store, name), names) if record is not None]
 
 
 @contextmanager

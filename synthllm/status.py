@@ -1,4 +1,4 @@
-"""What a store holds: row counts per table, failures by reason, runs, LLM usage, corrupt shards."""
+"""What a store holds: row counts per table, failures by reason, runs, LLM usage, leases, corrupt shards."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import duckdb
 
+from synthllm.lease import held_leases
 from synthllm.resources import read_sql
 from synthllm.store import Store, StoreError, schemas
 
@@ -22,6 +23,8 @@ def store_status(store: Store) -> dict[str, Any]:
         if not corrupt:
             raise
         report = _report(store, corrupt)
+    report["leases"] = [{"lease": r.name, "held_by": r.owner, "since": r.acquired_at, "until": r.expires_at,
+                         "live": not r.expired} for r in held_leases(store)]
     report["corrupt_files"] = [
         {"table": path.rsplit("/", 2)[-2], "path": path, "error": error} for path, error in sorted(corrupt.items())
     ]

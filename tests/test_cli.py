@@ -58,6 +58,27 @@ def test_status_lists_corrupt_files(store_url) -> None:
     assert "corrupt files" in outcome.output and "broken.parquet" in outcome.output
 
 
+def test_status_names_the_runs_holding_the_store(any_store, store_url) -> None:
+    """A second run waits for a lease; ``status`` says which run holds it, and whether it is live
+    or a killed run's lease waiting to expire (local folder and S3)."""
+    from synthllm.lease import LeaseRecord, acquire, lease_path
+    from synthllm.status import store_status
+
+    killed = LeaseRecord("curation", "run-k", "tk", "2024-01-01T00:00:00+00:00", "2024-01-01T00:01:00+00:00")
+    any_store.write_bytes(lease_path(any_store, "curation"), killed.encode())
+    with acquire(any_store, "stage-answer", "run-a", ttl_s=30):
+        leases = {row["lease"]: row for row in store_status(any_store)["leases"]}
+        assert {name: (row["held_by"], row["live"]) for name, row in leases.items()} == {
+            "curation": ("run-k", False), "stage-answer": ("run-a", True)}
+    assert [row["lease"] for row in store_status(any_store)["leases"]] == ["curation"]  # released
+
+    local = Store(store_url)
+    with acquire(local, "filter", "run-f", ttl_s=30):
+        outcome = CliRunner().invoke(app, ["status", "--store", store_url])
+    assert outcome.exit_code == 0, outcome.output
+    assert "leases" in outcome.output and "run-f" in outcome.output and "filter" in outcome.output
+
+
 def test_export_out_copies_the_dataset_and_takes_set(curated_store, prefect_harness, tmp_path) -> None:  # noqa: F811
     from flows.curate import curate_flow
 
