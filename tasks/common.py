@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.concurrency.sync import concurrency
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from synthllm.engines.base import EngineAuthError, RunStopped
@@ -139,24 +140,29 @@ def open_task_runner(settings: Settings) -> Iterator[Any]:
     """The run's task runner, entered: threads by default; Dask or Ray (prefect-dask / prefect-ray)
     to spread shards over processes or machines.
 
-    Tasks sent to a running Dask cluster carry the flow's Prefect settings, the API URL among them.
-    A run on the temporary API has none there: its URL is put in for a scheduler on this machine
-    (the workers can reach the temporary server's 127.0.0.1 port), and refused for another machine's.
+    A running Dask cluster (``dask_address``) is connected to here, so an address where no
+    scheduler answers stops the run before any shard. Tasks sent to it carry the flow's Prefect
+    settings, the API URL among them. A run on the temporary API has none there: its URL is put in
+    for a scheduler on this machine (the workers can reach the temporary server's 127.0.0.1
+    port), and refused for another machine's.
     """
     options = settings.orchestration
-    api = nullcontext()
-    if options.task_runner == "dask" and options.dask_address:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        if PREFECT_API_URL.value() is None:
-            if not _is_loopback(options.dask_address):
-                raise SettingsError(
-                    f"orchestration.dask_address={options.dask_address}: the cluster's workers must report to a "
-                    "Prefect server they can reach, and this run uses a temporary one on 127.0.0.1; set "
-                    "PREFECT_API_URL (prefect server start, docs/orchestration.md)")
-            api = temporary_settings({PREFECT_API_URL: api_url()})
-    with api, make_task_runner(settings) as runner:
-        yield runner
+    address = options.dask_address if options.task_runner == "dask" else None
+    temporary_api = bool(address) and PREFECT_API_URL.value() is None
+    if temporary_api and not _is_loopback(address):
+        raise SettingsError(
+            f"orchestration.dask_address={address}: the cluster's workers must report to a Prefect server "
+            "they can reach, and this run uses a temporary one on 127.0.0.1; set PREFECT_API_URL "
+            "(prefect server start, docs/orchestration.md)")
+    with make_task_runner(settings) as runner:
+        if address:
+            try:
+                runner.client  # noqa: B018 - prefect-dask connects on first use
+            except OSError as exc:
+                raise SettingsError(f"orchestration.dask_address={address}: no Dask scheduler answered ({exc}); "
+                                    "start one (dask scheduler) or fix the address") from None
+        with temporary_settings({PREFECT_API_URL: api_url()}) if temporary_api else nullcontext():
+            yield runner
 
 
 def make_task_runner(settings: Settings):

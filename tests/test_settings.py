@@ -122,3 +122,17 @@ def test_every_shipped_config_loads(config: Path) -> None:
     """The example configs are documentation users copy: a renamed setting must fail here, not on a cluster."""
     settings = load_settings(str(config))
     assert settings.store.url
+
+
+def test_a_dask_address_where_no_scheduler_answers_names_the_setting() -> None:
+    """Was a bare connection timeout from inside the first shard's submit, naming no setting."""
+    import dask
+
+    from tasks.common import open_task_runner
+
+    nowhere = load_settings(None, {"orchestration.task_runner": "dask", "orchestration.dask_address": "tcp://127.0.0.1:9"})
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(SettingsError, match=r"orchestration.dask_address=tcp://127.0.0.1:9: no Dask scheduler "
+                                                r"answered \(.*\); start one"):
+            with open_task_runner(nowhere):
+                pass
