@@ -151,8 +151,10 @@ class _S3LeaseFile(_LeaseFile):
         """The new ETag, or None when the condition did not hold (HTTP 412)."""
         try:
             reply = self.store.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=data, **condition)
-        except FileExistsError:  # s3fs's translation of 412 Precondition Failed
-            return None
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return None
+            raise
         return reply["ETag"]
 
     def create(self, data: bytes) -> bool:
@@ -167,8 +169,18 @@ class _S3LeaseFile(_LeaseFile):
     def delete(self, version: str) -> None:
         try:
             self.store.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=version)
-        except (FileExistsError, FileNotFoundError):
-            pass  # taken over or gone: not ours to delete
+        except FileNotFoundError:
+            pass  # gone: nothing to delete
+        except OSError as exc:
+            if not _precondition_failed(exc):
+                raise  # otherwise taken over: not ours to delete
+
+
+def _precondition_failed(exc: OSError) -> bool:
+    """Whether S3 answered 412 Precondition Failed. s3fs turns a failed ``If-None-Match`` into
+    FileExistsError, but a failed ``If-Match`` into a plain OSError (EINVAL) with the reply as cause."""
+    reply = getattr(exc.__cause__, "response", None) or {}
+    return isinstance(exc, FileExistsError) or reply.get("Error", {}).get("Code") == "PreconditionFailed"
 
 
 def lease_path(store: Store, name: str) -> str:

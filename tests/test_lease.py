@@ -69,14 +69,33 @@ def test_an_expired_lease_is_taken_over(store: Store) -> None:
 
 
 def test_renewal_keeps_a_short_lease_alive(store: Store) -> None:
-    # ttl 1.5 s: renewals every 0.5 s leave room for a slow S3 call on a loaded machine (0.9 s was flaky in CI)
-    with acquire(store, "answer", "run-a", ttl_s=1.5) as lease:
-        time.sleep(3.2)  # two ttl's: without renewal it would have expired
+    # ttl 3 s: renewals every second leave room for slow S3 calls on a loaded machine (0.9 s and
+    # 1.5 s were each flaky in CI: two renewals in a row lagged and the lease looked expired)
+    with acquire(store, "answer", "run-a", ttl_s=3.0) as lease:
+        time.sleep(6.5)  # two ttl's: without renewal it would have expired
         assert not holder(store, "answer").expired
         with pytest.raises(LeaseHeld, match="run-a"):
             with acquire(Store(store.settings), "answer", "run-b", ttl_s=30):
                 pass
         assert not lease.lost.is_set()
+
+
+def test_a_swap_or_release_on_a_version_that_changed_is_refused_not_raised(store: Store) -> None:
+    """Two runs race to take over a killed run's lease; the loser's conditional write fails. On S3
+    that is a 412 to ``If-Match``, which s3fs raises as a plain OSError (EINVAL), not the
+    FileExistsError it gives for ``If-None-Match``: the loser's acquire crashed instead of
+    finding the lease held, and a release on a changed version crashed the run at its end."""
+    from synthllm.lease import _lease_file
+
+    dead = LeaseRecord("answer", "killed-run", "t0", "2024-01-01T00:00:00+00:00", "2024-01-01T00:01:00+00:00")
+    store.write_bytes(lease_path(store, "answer"), dead.encode())
+    lease_file = _lease_file(store, "answer")
+    _, seen = lease_file.read()  # what the losing run read
+    with acquire(store, "answer", "run-a", ttl_s=30):  # the winner takes it over: a new version
+        late = LeaseRecord("answer", "run-b", "tb", dead.acquired_at, "2999-01-01T00:00:00+00:00")
+        assert lease_file.swap(late.encode(), seen) is False
+        lease_file.delete(seen)  # a release on the old version leaves the winner's lease alone
+        assert holder(store, "answer").owner == "run-a"
 
 
 def test_a_lease_taken_from_its_holder_is_flagged_lost(store: Store) -> None:
