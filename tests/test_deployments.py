@@ -142,6 +142,22 @@ def test_compose_server_on_postgres_and_gpu_workers_reserve_one_gpu():
         assert service["command"][-2:] == ["--limit", "1"]
 
 
+def test_the_dask_config_points_at_the_compose_dask_cluster():
+    """configs/dask.yaml and infra/compose.yaml's dask profile are one example: the address the
+    config names is the scheduler service's, the workers connect to it, one thread per process."""
+    from urllib.parse import urlsplit
+
+    services = yaml.safe_load((REPO / "infra/compose.yaml").read_text(encoding="utf-8"))["services"]
+    address = urlsplit(load_settings(REPO / "configs/dask.yaml").orchestration.dask_address)
+    scheduler, worker = services[address.hostname], services["dask-worker"]
+    assert scheduler["command"][:2] == ["dask", "scheduler"]
+    assert scheduler["command"][scheduler["command"].index("--port") + 1] == str(address.port)
+    assert worker["command"][:3] == ["dask", "worker", f"tcp://{address.hostname}:{address.port}"]
+    assert worker["command"][worker["command"].index("--nthreads") + 1] == "1"
+    assert "dask" in scheduler["build"]["args"]["EXTRAS"].split(",")
+    assert worker["environment"]["SYNTHLLM_STORE__URL"]  # the store's settings, as every synthllm container
+
+
 @pytest.mark.parametrize("script", sorted((REPO / "infra/scripts").glob("*.sh")), ids=lambda p: p.name)
 def test_scripts_parse_and_reject_missing_arguments(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
