@@ -100,7 +100,6 @@ def curate_flow(
     ):
         target, run_id, summary = run.store, run.run_id, run.summary
         if "dedup" in steps:
-            lease.check()
             tracker.plan("dedup", 1)
             summary["dedup"] = dedup_task.with_options(**options)(payload, run_id)
             dedup = summary["dedup"]
@@ -184,7 +183,6 @@ def export_flow(
     ):
         target, summary = run.store, run.summary
         tracker.plan("export", 1)
-        lease.check()
         result = export_task.with_options(**task_options(settings))(
             settings_payload(settings), name, formats)
         lease.check()  # a curate run that took over may have changed what was read: export again

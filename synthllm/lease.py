@@ -18,8 +18,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -195,7 +195,7 @@ def _lease_file(store: Store, name: str) -> _LeaseFile:
 
 
 class LeaseLost(RuntimeError):
-    """Our lease was taken over (renewals lapsed): another run may be working on the stage now."""
+    """Our lease was taken over (renewals lapsed): another run may be doing its work now."""
 
 
 @dataclass
@@ -225,18 +225,20 @@ def holder(store: Store, name: str) -> LeaseRecord | None:
 def held_leases(store: Store) -> list[LeaseRecord]:
     """Every lease on the store (expired ones too: a killed run's, until the next run takes it), for status."""
     names = sorted(path.rsplit("/", 1)[-1].removesuffix(".json") for path in store.glob(store.path("leases", "*.json")))
-    return [record for record in map(lambda name: holder(store, name), names) if record is not None]
+    return [record for record in (holder(store, name) for name in names) if record is not None]
 
 
 @contextmanager
 def acquire(
-    store: Store, name: str, owner: str, ttl_s: float = 60.0, wait_s: float = 0.0, poll_s: float = 1.0
+    store: Store, name: str, owner: str, ttl_s: float = 60.0, wait_s: float = 0.0, poll_s: float = 1.0,
+    on_held: Callable[[LeaseRecord], None] | None = None,
 ) -> Iterator[Lease]:
     """Hold lease ``name`` for the ``with`` block, renewed every ``ttl_s / 3`` seconds.
 
     Waits up to ``wait_s`` for a live lease of another owner, then raises :class:`LeaseHeld`
-    naming it. An expired lease is taken over; so is one of the same ``owner`` (a retried task
-    of the same run)."""
+    naming it; ``on_held`` hears of that holder once, when first found (a log line saying who
+    is waited for). An expired lease is taken over; so is one of the same ``owner`` (a retried
+    task of the same run)."""
     if ttl_s <= 0:
         raise ValueError(f"ttl_s must be positive, got {ttl_s}")
     lease_file = _lease_file(store, name)
@@ -250,6 +252,9 @@ def acquire(
             won = lease_file.swap(mine.encode(), current[1])
         else:
             won = False
+            if on_held is not None:
+                on_held(current[0])
+                on_held = None
         if won:
             break
         remaining = deadline - time.monotonic()
@@ -274,21 +279,6 @@ def acquire(
             current = lease_file.read()
             if current is not None and current[0].token == lease.record.token:
                 lease_file.delete(current[1])
-
-
-@contextmanager
-def acquire_waiting(store: Store, name: str, owner: str, ttl_s: float, wait_s: float, what: str,
-                    logger: logging.Logger | logging.LoggerAdapter) -> Iterator[Lease]:
-    """:func:`acquire` at once, or, while another run holds the lease, a warning naming that run
-    and ``what`` it holds, then up to ``wait_s`` of waiting for it."""
-    with ExitStack() as stack:
-        try:
-            lease = stack.enter_context(acquire(store, name, owner, ttl_s))
-        except LeaseHeld as held:
-            logger.warning("%s of %s is being run by %s (since %s): waiting up to %.0f s", what, store.url,
-                           held.holder.owner, held.holder.acquired_at, wait_s)
-            lease = stack.enter_context(acquire(store, name, owner, ttl_s, wait_s))
-        yield lease
 
 
 def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.Event) -> None:

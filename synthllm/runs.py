@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from synthllm.lease import Lease, acquire_waiting
+from synthllm.lease import Lease, LeaseRecord, acquire
 from synthllm.settings import Settings
 from synthllm.store import Store
 
@@ -136,7 +136,12 @@ class RunContext:
         """The store lease ``name`` for this run: one run at a time does ``what`` on a store; a
         second waits ``orchestration.lease_wait_s`` with a warning naming the holder, then stops."""
         options = self.settings.orchestration
-        return acquire_waiting(self.store, name, self.run_id, options.lease_ttl_s, options.lease_wait_s, what, logger)
+
+        def waiting(holder: LeaseRecord) -> None:
+            logger.warning("%s of %s is being run by %s (since %s): waiting up to %.0f s", what, self.store.url,
+                           holder.owner, holder.acquired_at, options.lease_wait_s)
+
+        return acquire(self.store, name, self.run_id, options.lease_ttl_s, options.lease_wait_s, on_held=waiting)
 
 
 _FROZEN = threading.Event()
