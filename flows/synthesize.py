@@ -8,6 +8,7 @@ overlapping the stages: a shard a stage finishes is planned for the stages waiti
 
 from __future__ import annotations
 
+import json
 import queue
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -16,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.tracking import Tracker, tracked
+from flows.tracking import UPDATE_EVERY_S, Tracker, tracked
 from synthllm.lease import Lease
 from synthllm.plans import (
     covered_items,
@@ -55,6 +56,9 @@ class StageRunner:
         self.task = generate_shard.with_options(**options)
         self.graph_task = build_concept_graph.with_options(**shard_task_options(run.store, run.settings))
         self.payload = settings_payload(run.settings)
+        # shards get the settings as JSON text: a nested dict is walked for futures by Prefect,
+        # then tokenized and pickled by Dask, on every submit (a large share of the flow's CPU)
+        self.payload_text = json.dumps(self.payload)
         self.schedule = Schedule(run.settings)
         self.summaries: list[dict[str, Any]] = []
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
@@ -65,7 +69,7 @@ class StageRunner:
             self._plan_ready()
             if self.schedule.complete:
                 return
-            future = self.finished.get()
+            future = self._next_finished()
             name, shard_id = self.out.pop(future)
             result = future.result()
             self.schedule.finished(name)
@@ -76,6 +80,14 @@ class StageRunner:
             self.summaries.append(result)
             self.tracker.finish_shard(name, result)
             self._stream(name, shard_id)
+
+    def _next_finished(self):
+        """The next finished shard's future; the progress artifact catches up while none finishes."""
+        while True:
+            try:
+                return self.finished.get(timeout=UPDATE_EVERY_S)
+            except queue.Empty:
+                self.tracker.flush()
 
     def _plan_ready(self) -> None:
         """Close finished stages and plan in full those whose dependencies are all finished."""
@@ -128,7 +140,7 @@ class StageRunner:
         self.tracker.plan(stage.name, len(shards), items)
         for shard_id in shards:
             self._submit(stage.name, shard_id, self.task, {
-                "stage": stage.name, "shard_id": shard_id, "settings_payload": self.payload,
+                "stage": stage.name, "shard_id": shard_id, "settings_payload": self.payload_text,
                 "run_id": self.run.run_id})
         self.schedule.submitted(stage.name, len(shards), swept=swept)
 

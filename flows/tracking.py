@@ -21,7 +21,8 @@ from synthllm.progress import RunProgress, RunReport, summary_markdown
 from synthllm.runs import new_run_id
 from synthllm.store import Store
 
-# The artifact is updated at most this often (and always when a step closes).
+# The artifact is updated at most this often (and always when a step closes); a change held back
+# is sent by the next update or by ``Tracker.flush``, which a flow waiting for shards calls.
 UPDATE_EVERY_S = 1.0
 
 _current: ContextVar[Tracker | None] = ContextVar("synthllm_tracker", default=None)
@@ -36,7 +37,7 @@ class Tracker:
         self.report = RunReport(title=f"{flow_name} summary", store=store.url, wall_s=0.0)
         self.run_id = new_run_id()
         self.started = time.monotonic()
-        self.last_update = 0.0
+        self.last_update, self.held_back = 0.0, False
         self.artifact_id = create_progress_artifact(
             progress=0.0, key=f"{flow_name}-progress", description=f"{flow_name}: share of the run's shards finished")
 
@@ -47,8 +48,11 @@ class Tracker:
                 self.progress.step(name).weight = weight
 
     def plan(self, step: str, shards: int, items: int = 0) -> None:
+        """A step's first plan is written at once (a flow may then wait minutes for its first
+        shard); the plans a streaming run adds after each finished shard are throttled."""
+        first = self.progress.step(step).started is None
         self.progress.plan(step, shards, items)
-        self._update(force=True)
+        self._update(force=first)
 
     def finish_shard(self, step: str, summary: dict[str, Any]) -> None:
         self.progress.finish_shard(step, summary)
@@ -62,9 +66,17 @@ class Tracker:
         """A line shown at the top of the summary (a skipped step and why)."""
         self.progress.notes.append(line)
 
+    def flush(self) -> None:
+        """Send a change the throttle held back (a flow calls this while it waits for shards)."""
+        if self.held_back:
+            self._update()
+
     def _update(self, force: bool = False) -> None:
+        """Mirror the progress into the artifact: one API write, so at most every ``UPDATE_EVERY_S``
+        (a streaming run plans shards for the next stages after every finished shard)."""
         now = time.monotonic()
-        if force or now - self.last_update >= UPDATE_EVERY_S:
+        self.held_back = not force and now - self.last_update < UPDATE_EVERY_S
+        if not self.held_back:
             self.last_update = now
             update_progress_artifact(self.artifact_id, progress=round(100 * self.progress.fraction(), 1),
                                      description=self.progress.description())

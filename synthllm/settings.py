@@ -511,9 +511,10 @@ def settings_payload(settings: Settings) -> dict[str, Any]:
     return data
 
 
-def settings_from_payload(payload: dict[str, Any]) -> Settings:
-    """Rebuild settings inside a task; secrets come back from the worker's environment."""
-    settings = Settings.model_validate(payload)
+def settings_from_payload(payload: dict[str, Any] | str) -> Settings:
+    """Rebuild settings inside a task (from the payload or its JSON text); secrets come back from
+    the worker's environment."""
+    settings = Settings.model_validate_json(payload) if isinstance(payload, str) else Settings.model_validate(payload)
     for dotted, variable in SECRET_ENV.items():
         engine = settings.engine if dotted == "engine.api_key" else settings.answer.engine
         if engine is not None and os.environ.get(variable):

@@ -16,7 +16,7 @@ from tasks.common import engine_slot, open_payload, report_shard
 
 
 @task(name="generate-shard", task_run_name="{stage}:{shard_id}")
-def generate_shard(stage: str, shard_id: str, settings_payload: dict[str, Any], run_id: str) -> dict[str, Any]:
+def generate_shard(stage: str, shard_id: str, settings_payload: dict[str, Any] | str, run_id: str) -> dict[str, Any]:
     """Run one shard of one stage (concepts, level 1/2/3, the question gate, the judge, answers).
 
     With ``orchestration.gpu_concurrency_limit`` set, a Prefect global concurrency limit

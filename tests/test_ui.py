@@ -145,3 +145,32 @@ def test_run_page_in_a_browser(tmp_path: Path, sample_dir) -> None:
                             capture_output=True, text=True, env=env, timeout=600, cwd=REPO, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "run-page.png").stat().st_size > 10_000
+
+
+def test_progress_artifact_writes_are_throttled_and_catch_up(monkeypatch, tmp_path: Path) -> None:
+    """A streaming run plans shards for the next stages after every finished shard: each plan was
+    an API write of the progress artifact (hundreds per run, on the flow's thread and the API's
+    database). Plans now write at most every UPDATE_EVERY_S; a change held back is sent while the
+    flow waits for shards (``flush``), and closing a step always writes."""
+    import flows.tracking as tracking
+
+    writes: list[tuple[float, str]] = []
+    monkeypatch.setattr(tracking, "create_progress_artifact", lambda **_: "artifact-id")
+    monkeypatch.setattr(tracking, "update_progress_artifact",
+                        lambda artifact_id, progress, description: writes.append((progress, description)))
+    tracker = tracking.Tracker("synthesize", Store(str(tmp_path / "store")), {"level1": 1.0, "answer": 1.0})
+    tracker.plan("level1", 50, 50)
+    for shard in range(50):
+        tracker.plan("answer", 1, 10)
+        tracker.finish_shard("level1", {"items": 1, "rows": 1, "failures": 0})
+    assert len(writes) == 2  # each step's first plan; the other 99 calls came within a second
+    tracker.flush()
+    assert len(writes) == 2  # still inside the throttle window: nothing is lost, it is only held back
+    monkeypatch.setattr(tracking, "UPDATE_EVERY_S", 0.0)
+    tracker.flush()
+    assert len(writes) == 3 and "0/50 shards" in writes[-1][1]  # the held-back plans, caught up
+    tracker.flush()
+    assert len(writes) == 3  # nothing held back: no write
+    monkeypatch.setattr(tracking, "UPDATE_EVERY_S", 3600.0)
+    tracker.close("level1")
+    assert len(writes) == 4  # a closed step is always written
