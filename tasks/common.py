@@ -203,9 +203,11 @@ def make_task_runner(settings: Settings):
                                 f"pip install 'synthllm[{runner}]' (in the worker image too)") from None
         serialize_settings_once()
     if runner == "dask":
+        from tasks.dask_runner import ShardDaskTaskRunner
+
         if settings.orchestration.dask_address:
-            return module.DaskTaskRunner(address=settings.orchestration.dask_address)
-        return module.DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+            return ShardDaskTaskRunner(address=settings.orchestration.dask_address)
+        return ShardDaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
                                                      "processes": True, "env": worker_environment()})
     if runner == "ray":
         address = settings.orchestration.ray_address

@@ -155,33 +155,3 @@ def test_a_shard_rebuilds_the_same_settings_from_the_payloads_json_text(monkeypa
     assert from_text == from_dict and settings_payload(from_text) == payload
     assert from_text.engine.api_key.get_secret_value() == "sk-worker"
 
-
-def test_process_runners_serialize_prefects_settings_once_per_context(monkeypatch) -> None:
-    """prefect-dask and prefect-ray serialize the flow's Prefect settings with every submit (about
-    14 ms of the flow's CPU each, most of what a submit cost). Once per settings context is enough,
-    and a new context (temporary_settings) still travels with its own values."""
-    from prefect.context import SettingsContext, serialize_context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from tasks.common import serialize_settings_once
-
-    serialized: list[str] = []
-    original = SettingsContext.serialize
-
-    def counting(self, include_secrets: bool = True):
-        serialized.append(str(self.settings.api.url))
-        return original(self, include_secrets=include_secrets)
-
-    monkeypatch.setattr(SettingsContext, "serialize", counting)  # restored after the test
-    serialize_settings_once()
-    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
-        first = [serialize_context()["settings_context"] for _ in range(3)]
-    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4201/api"}):
-        second = serialize_context()["settings_context"]
-    assert serialized == ["http://127.0.0.1:4200/api", "http://127.0.0.1:4201/api"]
-    assert first[0] is first[2] and first[0]["settings"]["api"]["url"] == "http://127.0.0.1:4200/api"
-    assert second["settings"]["api"]["url"] == "http://127.0.0.1:4201/api"
-    serialize_settings_once()  # a second runner in the same process does not wrap it twice
-    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4202/api"}):
-        serialize_context(), serialize_context()
-    assert serialized[-1] == "http://127.0.0.1:4202/api" and len(serialized) == 3
