@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/graph.py
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/rerun.py
+	$(BIN)/python bench/submit_cost.py
 
 server: install
 	$(BIN)/prefect server start

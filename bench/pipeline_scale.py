@@ -12,7 +12,9 @@ Four parts, one JSON object on stdout (issue 13):
   service rate (``--rate`` replies/s with ``--capacity`` in flight), the synthesize flow with
   ``engine.backend: openai`` over all N: how busy the replicas stay and the speed-up over N = 1
   (weak scaling: ``--replica-documents`` documents per replica, so every N runs about as long).
-- ``workers``: the synthesize flow on the Dask task runner with 2 worker processes vs 1 (stand-in).
+- ``workers``: the synthesize flow on the Dask task runner with 2 worker processes vs 1 (stand-in),
+  on a temporary cluster the run starts and on a running one that has served a small first run
+  (a deployment's steady state); CPU by process (flow, Prefect API, workers) beside the wall.
 - ``loopback``: the synthesize flow through the openai backend against one instant server on
   127.0.0.1: requests/s and coordinator CPU per request, HTTP client included.
 
