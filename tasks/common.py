@@ -171,22 +171,23 @@ def serialize_settings_once() -> None:
     """Serialize each Prefect settings context once per process, not on every submit.
 
     prefect-dask and prefect-ray send the flow's Prefect context with each task, and serializing
-    its settings part (the whole Prefect settings model) costs about 14 ms of the flow process's
-    CPU per submit: with hundreds of shard tasks, the largest part of the coordinator's own CPU.
+    its settings part (the whole Prefect settings model) cost about 14 ms of the flow process's
+    CPU per submit (``bench/submit_cost.py``): seconds of coordinator CPU over a run's shards.
     A context and its settings are not changed once entered (``temporary_settings`` enters a new
     one), so the last context's serialization is kept and reused while that same context is asked.
     """
     original = SettingsContext.serialize
     if getattr(original, "serialized_once", False):
         return
-    last: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    kept: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     @functools.wraps(original)
     def serialize(self: SettingsContext, include_secrets: bool = True) -> dict[str, Any]:
         key = (self, self.settings, self.profile, include_secrets)
-        if not last or any(a is not b for a, b in zip(last[0][0], key, strict=True)):
-            last[:] = [(key, original(self, include_secrets=include_secrets))]
-        return last[0][1]
+        entry = kept.get("last")  # one read: another thread may replace it meanwhile
+        if entry is None or any(a is not b for a, b in zip(entry[0], key, strict=True)):
+            entry = kept["last"] = (key, original(self, include_secrets=include_secrets))
+        return entry[1]
 
     serialize.serialized_once = True
     SettingsContext.serialize = serialize
@@ -208,7 +209,7 @@ def make_task_runner(settings: Settings):
         if settings.orchestration.dask_address:
             return ShardDaskTaskRunner(address=settings.orchestration.dask_address)
         return ShardDaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                                     "processes": True, "env": worker_environment()})
+                                                   "processes": True, "env": worker_environment()})
     if runner == "ray":
         address = settings.orchestration.ray_address
         # a temporary local cluster: its workers report to this API (a cluster's nodes bring their own)

@@ -16,9 +16,10 @@ class ShardDaskTaskRunner(DaskTaskRunner):
 
     prefect-dask submits every task as a pure Dask call, so Dask hashes the function and all its
     arguments for a key, among them the flow's serialized Prefect context (the whole Prefect
-    settings model): the largest single cost of a submit in the flow process (measured in
-    ``bench/pipeline_scale.py``). The hash buys nothing, since each submit already carries a new
-    task-run id and so gets a new key; ``pure=False`` gives a random key instead."""
+    settings model): about half of what a submit still cost the flow process once the settings
+    were serialized once (5.5 -> 2.7 ms a submit, ``bench/submit_cost.py``). The hash buys nothing,
+    since each submit carries a new task-run id and so gets a new key; ``pure=False`` gives a
+    random key instead."""
 
     def submit(self, task, parameters: dict[str, Any], wait_for=None, dependencies=None) -> PrefectDaskFuture:
         if not self._started:
