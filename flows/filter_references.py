@@ -12,7 +12,7 @@ from flows.tracking import tracked
 from synthllm import filtering as F
 from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import open_run
-from synthllm.settings import EMBEDDED_MODEL, Settings, given_options, resolve_settings, settings_payload
+from synthllm.settings import EMBEDDED_MODEL, Settings, given_options, resolve_settings, settings_payload_text
 from synthllm.store import Store
 from tasks.common import open_task_runner, task_options
 from tasks.filtering import (
@@ -89,7 +89,7 @@ def filter_references_flow(
     if fs.rounds == 0 and fs.cold_start_positives == 0:
         raise F.FilterError("filter.rounds = 0 and filter.cold_start_positives = 0 leave nothing to train on")
 
-    payload = settings_payload(resolved)
+    payload = settings_payload_text(resolved)
     write, sample, rate, train, score, score_synthetic = (
         t.with_options(**task_options(resolved, uses_engine=t in (write_examples, rate_documents)))
         for t in (write_examples, draw_rating_sample, rate_documents, train_filter, score_shard, score_examples)

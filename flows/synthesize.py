@@ -8,7 +8,6 @@ overlapping the stages: a shard a stage finishes is planned for the stages waiti
 
 from __future__ import annotations
 
-import json
 import queue
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -29,7 +28,7 @@ from synthllm.plans import (
 )
 from synthllm.progress import LIGHT_WEIGHT
 from synthllm.runs import RunContext, open_run
-from synthllm.settings import Settings, resolve_settings, settings_payload
+from synthllm.settings import Settings, resolve_settings, settings_payload, settings_payload_text
 from synthllm.stages.base import GRAPH_STEP, LLMStage, PlanState, Stage
 from synthllm.stages.registry import enabled_stages, waves
 from synthllm.stages.schedule import Schedule
@@ -56,9 +55,7 @@ class StageRunner:
         self.task = generate_shard.with_options(**options)
         self.graph_task = build_concept_graph.with_options(**shard_task_options(run.store, run.settings))
         self.payload = settings_payload(run.settings)
-        # shards get the settings as JSON text: a nested dict is walked for futures by Prefect,
-        # then tokenized and pickled by Dask, on every submit (a large share of the flow's CPU)
-        self.payload_text = json.dumps(self.payload)
+        self.payload_text = settings_payload_text(run.settings)
         self.schedule = Schedule(run.settings)
         self.summaries: list[dict[str, Any]] = []
         self.finished: queue.SimpleQueue = queue.SimpleQueue()

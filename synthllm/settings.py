@@ -7,6 +7,7 @@ variables (``SYNTHLLM_<SECTION>__<FIELD>``), the config file (YAML or TOML), the
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
 import typing
@@ -509,6 +510,12 @@ def settings_payload(settings: Settings) -> dict[str, Any]:
     if data["answer"].get("engine"):
         data["answer"]["engine"].pop("api_key", None)
     return data
+
+
+def settings_payload_text(settings: Settings) -> str:
+    """The payload as JSON text, what flows hand their shard tasks: a nested dict is walked for
+    futures by Prefect, and hashed and pickled by Dask, on every submit (``bench/submit_cost.py``)."""
+    return json.dumps(settings_payload(settings))
 
 
 def settings_from_payload(payload: dict[str, Any] | str) -> Settings:

@@ -13,7 +13,7 @@ from tasks.common import open_payload
 
 
 @task(name="filter-write-examples", cache_policy=NO_CACHE)
-def write_examples(settings_payload: dict[str, Any], run_id: str) -> dict[str, Any]:
+def write_examples(settings_payload: dict[str, Any] | str, run_id: str) -> dict[str, Any]:
     settings, store = open_payload(settings_payload)
     summary = S.write_examples(store, settings, run_id)
     get_run_logger().info("cold-start examples: %s", summary)
@@ -21,13 +21,13 @@ def write_examples(settings_payload: dict[str, Any], run_id: str) -> dict[str, A
 
 
 @task(name="filter-sample", cache_policy=NO_CACHE)
-def draw_rating_sample(settings_payload: dict[str, Any], round_index: int) -> list[str]:
+def draw_rating_sample(settings_payload: dict[str, Any] | str, round_index: int) -> list[str]:
     settings, store = open_payload(settings_payload)
     return F.rating_sample(store, settings.filter, round_index)
 
 
 @task(name="filter-rate", cache_policy=NO_CACHE)
-def rate_documents(settings_payload: dict[str, Any], round_index: int, doc_ids: list[str], run_id: str
+def rate_documents(settings_payload: dict[str, Any] | str, round_index: int, doc_ids: list[str], run_id: str
                    ) -> dict[str, Any]:
     settings, store = open_payload(settings_payload)
     summary = S.rate_documents(store, settings, run_id, round_index, doc_ids)
@@ -36,7 +36,7 @@ def rate_documents(settings_payload: dict[str, Any], round_index: int, doc_ids: 
 
 
 @task(name="filter-train", cache_policy=NO_CACHE)
-def train_filter(settings_payload: dict[str, Any], round_index: int, examples_path: str | None = None
+def train_filter(settings_payload: dict[str, Any] | str, round_index: int, examples_path: str | None = None
                  ) -> dict[str, Any]:
     settings, store = open_payload(settings_payload)
     summary = S.train_filter(store, settings, round_index, examples_path)
@@ -45,14 +45,14 @@ def train_filter(settings_payload: dict[str, Any], round_index: int, examples_pa
 
 
 @task(name="filter-score", cache_policy=NO_CACHE)
-def score_shard(settings_payload: dict[str, Any], round_index: int, version: str, score_key: str,
+def score_shard(settings_payload: dict[str, Any] | str, round_index: int, version: str, score_key: str,
                 documents_shard: str, run_id: str) -> dict[str, Any]:
     settings, store = open_payload(settings_payload)
     return S.score_shard(store, settings, run_id, round_index, version, score_key, documents_shard)
 
 
 @task(name="filter-score-examples", cache_policy=NO_CACHE)
-def score_examples(settings_payload: dict[str, Any], version: str, score_key: str, examples_path: str, run_id: str
+def score_examples(settings_payload: dict[str, Any] | str, version: str, score_key: str, examples_path: str, run_id: str
                    ) -> dict[str, Any]:
     settings, store = open_payload(settings_payload)
     return S.score_examples(store, settings, run_id, version, score_key, examples_path)
