@@ -179,14 +179,15 @@ def serialize_settings_once() -> None:
     original = SettingsContext.serialize
     if getattr(original, "serialized_once", False):
         return
-    kept: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+    last: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     @functools.wraps(original)
     def serialize(self: SettingsContext, include_secrets: bool = True) -> dict[str, Any]:
+        nonlocal last
         key = (self, self.settings, self.profile, include_secrets)
-        entry = kept.get("last")  # one read: another thread may replace it meanwhile
+        entry = last  # one read: another thread may replace it meanwhile
         if entry is None or any(a is not b for a, b in zip(entry[0], key, strict=True)):
-            entry = kept["last"] = (key, original(self, include_secrets=include_secrets))
+            entry = last = (key, original(self, include_secrets=include_secrets))
         return entry[1]
 
     serialize.serialized_once = True
