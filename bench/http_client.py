@@ -8,6 +8,8 @@ counts the client alone. Variants, same requests and concurrency:
 - ``openai_sdk``: ``openai.AsyncOpenAI`` (the client the openai backend used before);
 - ``httpx`` / ``aiohttp``: the raw async clients posting the same JSON;
 - ``engine``: ``OpenAIEngine.generate`` (the openai backend as it is now);
+- ``engine_4_threads``: the same requests in four ``generate`` calls at once on one engine, as
+  shard threads share it (``orchestration.task_workers``);
 - ``llm_run``: ``LLM.run`` over that engine with a fresh local store: cache keys, schema
   validation, response cache and usage row included -- the whole coordinator path.
 
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -135,6 +138,16 @@ def engine(base_url: str, n: int, concurrency: int, offset: int) -> None:
     assert all(r.ok for r in results), next(r.error for r in results if not r.ok)
 
 
+def engine_4_threads(base_url: str, n: int, concurrency: int, offset: int) -> None:
+    from synthllm.engines.openai_backend import OpenAIEngine
+
+    one_engine = OpenAIEngine(engine_settings(base_url, concurrency))
+    quarters = [requests_of(n // 4, offset + 1000 * n * part) for part in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        for results in pool.map(one_engine.generate, quarters):
+            assert all(r.ok for r in results), next(r.error for r in results if not r.ok)
+
+
 def llm_run(base_url: str, n: int, concurrency: int, offset: int) -> None:
     from synthllm.engines import LLM
     from synthllm.engines.openai_backend import OpenAIEngine
@@ -166,7 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=3000, help="requests per variant")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--variants", default="openai_sdk,httpx,aiohttp,engine,llm_run")
+    parser.add_argument("--variants", default="openai_sdk,httpx,aiohttp,engine,engine_4_threads,llm_run")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     server, base_url = start_server()
@@ -178,7 +191,7 @@ def main() -> None:
                 asyncio.run(raw[name](base_url, 50, args.concurrency))  # warm-up: imports, connections
                 call = partial(asyncio.run, raw[name](base_url, args.n, args.concurrency))
             else:
-                variant = {"engine": engine, "llm_run": llm_run}[name]
+                variant = {"engine": engine, "engine_4_threads": engine_4_threads, "llm_run": llm_run}[name]
                 variant(base_url, 50, args.concurrency, offset=10**6 * (offset + 1))
                 call = partial(variant, base_url, args.n, args.concurrency, offset=0)
             figures.append(measure(name, call, args.n))

@@ -76,11 +76,10 @@ def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str
     if looked_up is None:
         looked_up = locate_lookups(store, stage, pending)
 
-    def group(item: str) -> tuple[str, tuple[str, ...]]:
-        return located.get(item, ""), tuple(looked_up.get(item, ()))
-
-    order = {key: rank for rank, key in enumerate(dict.fromkeys(map(group, pending)))}
-    pending = sorted(pending, key=lambda item: order[group(item)])  # stable: candidate order within a group
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for item in pending:  # one pass: the coordinator plans every item of the run
+        groups.setdefault((located.get(item, ""), tuple(looked_up.get(item, ()))), []).append(item)
+    pending = [item for members in groups.values() for item in members]  # first-seen groups, candidate order within
     shard_ids = write_plans(store, stage, pending, shard_size, stage.plan_key(settings), located, looked_up)
     stage.prepare(store, settings, shard_ids)
     return shard_ids

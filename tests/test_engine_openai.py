@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -33,7 +34,7 @@ from fake_openai_server import (
 
 from synthllm.engines import LLM, ChatRequest
 from synthllm.engines.base import EngineAuthError, RunStopped, clear_stop, request_stop
-from synthllm.engines.openai_backend import OpenAIEngine
+from synthllm.engines.openai_backend import OpenAIEngine, _LoopThread
 from synthllm.engines.registry import gguf_path
 from synthllm.settings import SECRET_ENV, EngineSettings
 from synthllm.store import Store
@@ -496,6 +497,45 @@ def test_in_flight_is_max_concurrency_per_replica_shared_by_batches(fake_server)
     assert [r.total_received for r in replicas] == [12, 12]
 
 
+def test_a_request_backing_off_leaves_its_slot_to_the_others(fake_server):
+    """One slot: while "a" waits out a 429's Retry-After, "b" is sent (not after a's retry)."""
+    arrived: dict[str, list[float]] = {}
+    replies = iter([Error(429, retry_after="1")])
+
+    def answer(body: dict):
+        key = prompt_key(body)
+        arrived.setdefault(key, []).append(time.perf_counter())
+        return next(replies, "ok") if key == "a" else "ok"
+
+    server = fake_server(answer)
+    results = OpenAIEngine(fake_settings(server.base_url, max_concurrency=1)).generate([user("a"), user("b")])
+    assert [r.ok for r in results] == [True, True] and results[0].attempts == 2
+    assert arrived["b"][0] < arrived["a"][1] - 0.5  # b went out during a's backoff
+
+
+def test_batches_at_once_share_one_pool_of_senders(fake_server):
+    """Four batches on one engine: at most max_concurrency x replicas coroutines send requests,
+    not that many per batch (each one more waiting for a slot, a future and a wake-up per request)."""
+    server = fake_server(lambda body: Text("ok", delay_s=0.05))
+    engine = OpenAIEngine(fake_settings(server.base_url, max_concurrency=4))
+    loop = _LoopThread.get()
+    busiest = 0
+    with ThreadPoolExecutor(4) as pool:
+        batches = [pool.submit(engine.generate, [user(f"{b}-{i}") for i in range(40)]) for b in range(4)]
+        while not all(batch.done() for batch in batches):
+            tasks = asyncio.run_coroutine_threadsafe(_task_count(), loop).result(5)
+            busiest = max(busiest, tasks)
+            time.sleep(0.02)
+        assert all(r.ok for batch in batches for r in batch.result())
+    assert server.max_in_flight == 4 and server.total_received == 160
+    # the senders, aiohttp's body writer per request in flight, each batch's coroutine, this probe
+    assert 4 <= busiest <= 4 + 4 + 4 + 1
+
+
+async def _task_count() -> int:
+    return len(asyncio.all_tasks())
+
+
 def test_results_reach_on_result_as_they_arrive(fake_server):
     server = fake_server(lambda body: Text("ok", delay_s=1.0 if prompt_key(body) == "slow" else 0.0))
     arrived: list[tuple[int, float]] = []
@@ -545,7 +585,7 @@ def test_stop_request_cancels_in_flight_requests_and_keeps_what_arrived(fake_ser
 KILLED_CLIENT = """
 import json, sys
 from synthllm.engines import LLM, ChatRequest
-from synthllm.engines.openai_backend import OpenAIEngine
+from synthllm.engines.openai_backend import OpenAIEngine, _LoopThread
 from synthllm.settings import EngineSettings, StoreSettings
 from synthllm.store import Store
 

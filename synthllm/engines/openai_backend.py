@@ -6,9 +6,10 @@ loopback server, aiohttp posting the same JSON (built with orjson) ~0.1 ms (benc
 
 Why async with slots per replica: a serving engine batches whatever requests are in flight, so
 the client keeps ``max_concurrency`` requests open at each of the ``base_url`` replicas at all
-times -- ``max_concurrency x replicas`` in all, shared by every batch of this process. Requests go
-round-robin to a replica with a free slot; a retry avoids the replica that just failed, so a dead
-replica's requests fail over to the live ones.
+times -- ``max_concurrency x replicas`` in all, shared by every batch of this process: one pool of
+that many senders takes the requests of every batch first come, first served (``_Dispatcher``).
+Requests go round-robin to a replica with a free slot; a retry avoids the replica that just failed,
+so a dead replica's requests fail over to the live ones, and waits out its backoff outside the pool.
 
 Results are handed to ``on_result`` as they arrive (in the caller's thread), so the client caches
 them before the batch ends. One event loop thread per process serves every engine and batch.
@@ -29,6 +30,8 @@ import queue
 import random
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -86,19 +89,18 @@ class _LoopThread:
 
 
 class _Replicas:
-    """Free slots per replica, shared by every batch of one engine (lives in the HTTP loop)."""
+    """Free slots per replica (lives in the HTTP loop)."""
 
     def __init__(self, urls: list[str], per_replica: int) -> None:
         self.endpoints = [f"{url.rstrip('/')}/chat/completions" for url in urls]
         self.per_replica = per_replica
         self.in_flight = [0] * len(urls)
-        self.slots = asyncio.Semaphore(per_replica * len(urls))
         self._turn = 0
 
     def take(self, avoid: int | None) -> int:
         """The next replica in turn with a free slot, other than ``avoid`` when another is free.
 
-        Called while holding one of ``slots``, so some replica has a free slot."""
+        Called by one of at most ``per_replica x replicas`` senders, so some replica has a free slot."""
         count = len(self.endpoints)
         free = [
             i for i in ((self._turn + k) % count for k in range(count)) if self.in_flight[i] < self.per_replica
@@ -110,6 +112,130 @@ class _Replicas:
 
     def give_back(self, replica: int) -> None:
         self.in_flight[replica] -= 1
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One ``generate`` call's requests on the HTTP loop: its session, where results go, what is left."""
+
+    session: aiohttp.ClientSession
+    arrivals: queue.SimpleQueue
+    outstanding: int
+    done: asyncio.Future
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request of a batch, and how its earlier attempts went."""
+
+    batch: _Batch
+    index: int
+    payload: bytes
+    attempt: int = 0
+    failed_replica: int | None = None
+    error: str = ""
+
+
+class _Dispatcher:
+    """Every batch's requests for one engine, sent by at most ``max_concurrency x replicas``
+    sender coroutines that take jobs first come, first served (lives in the HTTP loop).
+
+    Why one pool for all batches: shard threads share an engine, and per-batch senders waiting
+    for a shared slot cost a future and a wake-up per request (+28 % CPU per request with two
+    batches at once, +45 % with four). A sender never waits for a job: it ends when none is
+    left and the next batch starts new ones. A request to retry waits for its backoff outside
+    the pool, so the other requests keep every slot busy meanwhile."""
+
+    def __init__(self, engine: OpenAIEngine) -> None:
+        self.engine = engine
+        self.replicas = _Replicas(engine.base_urls, engine.settings.max_concurrency)
+        self.jobs: deque[_Job] = deque()
+        self.working: dict[asyncio.Task, _Job | None] = {}
+
+    def submit(self, jobs: list[_Job]) -> None:
+        self.jobs.extend(jobs)
+        self._fill()
+
+    def cancel(self, batch: _Batch) -> None:
+        """Drop a batch's waiting jobs and abort its requests in flight (a stop, a refused key)."""
+        batch.cancelled = True
+        self.jobs = deque(job for job in self.jobs if job.batch is not batch)
+        for task, job in list(self.working.items()):
+            if job is not None and job.batch is batch:
+                task.cancel()
+
+    def _fill(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.jobs and len(self.working) < self.engine.max_in_flight:
+            task = loop.create_task(self._send())
+            self.working[task] = None
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        del self.working[task]
+        self._fill()  # a sender cancelled with its batch leaves the other batches' jobs to a new one
+
+    async def _send(self) -> None:
+        me = asyncio.current_task()
+        while self.jobs:
+            job = self.jobs.popleft()
+            if job.batch.cancelled:
+                continue
+            self.working[me] = job
+            try:
+                await self._attempt(job)
+            except Exception as exc:  # noqa: BLE001 - a refused key (EngineAuthError) or a bug: the batch raises it
+                self._fail(job.batch, exc)
+            self.working[me] = None
+
+    async def _attempt(self, job: _Job) -> None:
+        """Send ``job`` once: hand its result over, or put it back after its backoff to retry."""
+        replicas, settings = self.replicas, self.engine.settings
+        replica = replicas.take(avoid=job.failed_replica)
+        endpoint = replicas.endpoints[replica]
+        started = time.perf_counter()
+        try:
+            status, headers, body = await self.engine._post(job.batch.session, endpoint, job.payload)
+        except _TransportError as exc:
+            status, headers, job.error = None, None, str(exc)
+        finally:
+            replicas.give_back(replica)
+        job.attempt += 1
+        if status == 200:
+            return self._deliver(job, _to_result(body, time.perf_counter() - started, job.attempt))
+        if status is not None:
+            job.error = _status_error(status, endpoint, body)
+            if status in _AUTH_STATUS:
+                raise EngineAuthError(
+                    f"{endpoint} refused the API key (HTTP {status}); the key came from "
+                    f"{api_key_source(settings)}. Nothing can succeed with it: the run stops."
+                )
+            if status not in _RETRIED_STATUS and status < 500:
+                return self._deliver(job, ChatResult(error=f"{INVALID_REQUEST}: {job.error}", attempts=job.attempt))
+        if job.attempt > settings.max_http_retries:
+            return self._deliver(job, ChatResult(
+                error=f"{ENGINE_UNREACHABLE}: {job.attempt} attempts over {', '.join(self.engine.base_urls)}; "
+                      f"last: {job.error}",
+                attempts=job.attempt,
+            ))
+        job.failed_replica = replica
+        delay = min(_MAX_BACKOFF_S, max(self.engine._backoff_s(job.attempt - 1), _retry_after_s(headers)))
+        asyncio.get_running_loop().call_later(delay, self.submit, [job])
+
+    def _deliver(self, job: _Job, result: ChatResult) -> None:
+        batch = job.batch
+        if batch.cancelled:
+            return
+        batch.arrivals.put((job.index, result))
+        batch.outstanding -= 1
+        if batch.outstanding == 0:
+            batch.done.set_result(None)
+
+    def _fail(self, batch: _Batch, exc: BaseException) -> None:
+        if not batch.done.done():
+            batch.done.set_exception(exc)
+        self.cancel(batch)
 
 
 def api_key_source(settings: EngineSettings) -> str:
@@ -160,7 +286,7 @@ class OpenAIEngine:
             "Authorization": f"Bearer {settings.api_key.get_secret_value()}",
             "Content-Type": "application/json",
         }
-        self._replicas: tuple[asyncio.AbstractEventLoop, _Replicas] | None = None
+        self._dispatcher: tuple[asyncio.AbstractEventLoop, _Dispatcher] | None = None
 
     def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[ChatResult]:
         """Send every request, hand each result to ``on_result`` as it arrives, return them all.
@@ -195,64 +321,23 @@ class OpenAIEngine:
             batch.cancel()
         return results  # type: ignore[return-value]  # every slot was filled above
 
-    def _replicas_in(self, loop: asyncio.AbstractEventLoop) -> _Replicas:
-        if self._replicas is None or self._replicas[0] is not loop:
-            self._replicas = (loop, _Replicas(self.base_urls, self.settings.max_concurrency))
-        return self._replicas[1]
+    def _dispatcher_in(self, loop: asyncio.AbstractEventLoop) -> _Dispatcher:
+        if self._dispatcher is None or self._dispatcher[0] is not loop:
+            self._dispatcher = (loop, _Dispatcher(self))
+        return self._dispatcher[1]
 
     async def _batch(self, requests: list[ChatRequest], arrivals: queue.SimpleQueue) -> None:
-        replicas = self._replicas_in(asyncio.get_running_loop())
-        indexes = iter(range(len(requests)))
+        dispatcher = self._dispatcher_in(asyncio.get_running_loop())
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers) as session:
-
-            async def worker() -> None:
-                for index in indexes:
-                    arrivals.put((index, await self._one(session, replicas, requests[index])))
-
-            workers = [asyncio.create_task(worker()) for _ in range(min(len(requests), self.max_in_flight))]
+            batch = _Batch(session, arrivals, len(requests), asyncio.get_running_loop().create_future())
+            dispatcher.submit([_Job(batch, index, orjson.dumps(self._arguments(request)))
+                               for index, request in enumerate(requests)])
             try:
-                await asyncio.gather(*workers)
+                await batch.done
             finally:
-                for task in workers:
-                    task.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-
-    async def _one(self, session: aiohttp.ClientSession, replicas: _Replicas, request: ChatRequest) -> ChatResult:
-        payload = orjson.dumps(self._arguments(request))
-        retries = self.settings.max_http_retries
-        failed_replica: int | None = None
-        for attempt in range(retries + 1):
-            async with replicas.slots:
-                replica = replicas.take(avoid=failed_replica)
-                endpoint = replicas.endpoints[replica]
-                started = time.perf_counter()
-                try:
-                    status, headers, body = await self._post(session, endpoint, payload)
-                except _TransportError as exc:
-                    status, headers, error = None, None, str(exc)
-                finally:
-                    replicas.give_back(replica)
-            if status == 200:
-                return _to_result(body, time.perf_counter() - started, attempt + 1)
-            if status is not None:
-                error = _status_error(status, endpoint, body)
-                if status in _AUTH_STATUS:
-                    raise EngineAuthError(
-                        f"{endpoint} refused the API key (HTTP {status}); the key came from "
-                        f"{api_key_source(self.settings)}. Nothing can succeed with it: the run stops."
-                    )
-                if status not in _RETRIED_STATUS and status < 500:
-                    return ChatResult(error=f"{INVALID_REQUEST}: {error}", attempts=attempt + 1)
-            failed_replica = replica
-            if attempt < retries:
-                # Sleep outside the slot: other requests keep the server busy meanwhile.
-                await asyncio.sleep(min(_MAX_BACKOFF_S, max(self._backoff_s(attempt), _retry_after_s(headers))))
-        return ChatResult(
-            error=f"{ENGINE_UNREACHABLE}: {retries + 1} attempts over {', '.join(self.base_urls)}; last: {error}",
-            attempts=retries + 1,
-        )
+                dispatcher.cancel(batch)  # nothing left on success; on a stop, its requests in flight
 
     async def _post(self, session: aiohttp.ClientSession, endpoint: str, payload: bytes) -> tuple[int, Any, bytes]:
         try:
