@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from synthllm.commands.options import ConfigOption, SetOption, StoreOption
 from synthllm.commands.server import use_running_server
 from synthllm.settings import SettingsError
 
@@ -51,12 +52,6 @@ def _startup() -> None:
     is imported, so flow commands skip starting a temporary one."""
     use_running_server()
 
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a setting: dotted.key=value (YAML value), repeatable."),
-]
-StoreOption = Annotated[str | None, typer.Option("--store", help="Store URL: a folder or s3://bucket/prefix.")]
-ConfigOption = Annotated[str | None, typer.Option("--config", help="YAML or TOML settings file.")]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -143,13 +138,15 @@ def ingest(
     id_field: Annotated[str | None, typer.Option(help="Field holding the document id.")] = None,
     text_field: Annotated[str | None, typer.Option(help="Field holding the document text.")] = None,
     shard_size: Annotated[int | None, typer.Option(help="Records per shard.")] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Ingest a corpus into the documents table; bad records go to the failures table."""
-    _check_settings(config, store)
+    parsed = parse_overrides(overrides)
+    _check_settings(config, store, parsed)
     from flows.ingest import ingest_flow
 
     totals = run_flow(lambda: ingest_flow(sources, store=store, config=config, id_field=id_field,
-                                          text_field=text_field, shard_size=shard_size))
+                                          text_field=text_field, shard_size=shard_size, overrides=parsed))
     _print_table("ingest", [totals])
 
 

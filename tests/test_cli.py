@@ -26,20 +26,35 @@ from synthllm.store import Store
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("args", [
-    ["synthesize", "--set", "generation.shard_size=abc"],
-    ["export", "--set", "generation.nope=1"],
-    ["status"],
+@pytest.mark.parametrize(("args", "named"), [
+    (["synthesize", "--set", "generation.shard_size=abc"], "generation.shard_size"),
+    (["export", "--set", "generation.nope=1"], "generation.nope"),
+    (["ingest", "corpus.jsonl", "--set", "ingest.min_chars=0"], "ingest.min_chars"),
+    (["dedup", "--set", "curation.nope=1"], "curation.nope"),
+    (["status"], "SYNTHLLM_ORCHESTRATION__TASK_WORKERS"),
 ])
-def test_bad_settings_end_with_one_message_and_exit_2(args, store_url, monkeypatch) -> None:
+def test_bad_settings_end_with_one_message_and_exit_2(args, named, store_url, monkeypatch) -> None:
     if args == ["status"]:
         monkeypatch.setenv("SYNTHLLM_ORCHESTRATION__TASK_WORKERS", "0")
     outcome = CliRunner().invoke(app, [*args, "--store", store_url])
     assert outcome.exit_code == 2, outcome.output
     assert isinstance(outcome.exception, SystemExit)  # no traceback
     assert "settings error: invalid settings" in outcome.output
-    assert ("generation.shard_size" if "synthesize" in args else "generation.nope" if "export" in args
-            else "SYNTHLLM_ORCHESTRATION__TASK_WORKERS") in outcome.output
+    assert named in outcome.output
+
+
+@pytest.mark.integration
+def test_ingest_takes_set_into_s3(prefect_harness, s3_endpoint, tmp_path) -> None:
+    """``--set`` on ingest (as on the other flow commands): the S3 endpoint and an ingest setting."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "long", "text": "A triangle has three sides and three angles."}\n'
+                      '{"id": "short", "text": "Too short."}\n')
+    outcome = CliRunner().invoke(app, ["ingest", str(corpus), "--store", "s3://synthllm-test/cli-ingest",
+                                       "--set", f"store.s3_endpoint_url={s3_endpoint}", "--set", "ingest.min_chars=20"])
+    assert outcome.exit_code == 0, outcome.output
+    store = Store(Store("s3://synthllm-test/cli-ingest").settings.model_copy(update={"s3_endpoint_url": s3_endpoint}))
+    assert store.query("SELECT doc_id FROM documents", tables=["documents"])["doc_id"].to_list() == ["long"]
+    assert store.query("SELECT item_id FROM failures", tables=["failures"])["item_id"].to_list() == ["short"]
 
 
 def test_scaling_commands_report_bad_settings(store_url, monkeypatch) -> None:

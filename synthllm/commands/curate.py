@@ -8,11 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from synthllm.commands.options import ConfigOption, SetOption, StoreOption
+
 app = typer.Typer(help="Dedup, decontaminate, measure diversity, export the QA set.", no_args_is_help=True)
 console = Console()
 
-StoreOption = Annotated[str | None, typer.Option("--store", help="Store URL: a folder or s3://bucket/prefix.")]
-ConfigOption = Annotated[str | None, typer.Option("--config", help="YAML or TOML settings file.")]
 BenchmarkOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -31,13 +31,14 @@ def _show(title: str, result: Any) -> None:
     console.print_json(json.dumps(result, default=str))
 
 
-def _curate(store: str | None, config: str | None, steps: list[str], **params: Any) -> None:
-    from synthllm.cli import _check_settings, run_flow
+def _curate(store: str | None, config: str | None, overrides: list[str] | None, steps: list[str], **params: Any) -> None:
+    from synthllm.cli import _check_settings, parse_overrides, run_flow
 
-    _check_settings(config, store)
+    parsed = parse_overrides(overrides)
+    _check_settings(config, store, parsed)
     from flows.curate import curate_flow
 
-    _show("curate", run_flow(lambda: curate_flow(store=store, config=config, steps=steps, **params)))
+    _show("curate", run_flow(lambda: curate_flow(store=store, config=config, steps=steps, overrides=parsed, **params)))
 
 
 @app.command()
@@ -46,27 +47,31 @@ def curate(
     config: ConfigOption = None,
     benchmark: BenchmarkOption = None,
     curated_only: CuratedOnlyOption = False,
+    overrides: SetOption = None,
 ) -> None:
     """Dedup, decontaminate and write the diversity report (curation rows are recomputed)."""
-    _curate(store, config, ["dedup", "decontaminate", "report"], benchmarks=benchmark, curated_only=curated_only)
+    _curate(store, config, overrides, ["dedup", "decontaminate", "report"], benchmarks=benchmark,
+            curated_only=curated_only)
 
 
 @app.command()
-def dedup(store: StoreOption = None, config: ConfigOption = None) -> None:
+def dedup(store: StoreOption = None, config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Exact and near-duplicate questions, across levels and runs (curation shard dedup-all)."""
-    _curate(store, config, ["dedup"])
+    _curate(store, config, overrides, ["dedup"])
 
 
 @app.command()
-def decontaminate(store: StoreOption = None, config: ConfigOption = None, benchmark: BenchmarkOption = None) -> None:
+def decontaminate(store: StoreOption = None, config: ConfigOption = None, benchmark: BenchmarkOption = None,
+                  overrides: SetOption = None) -> None:
     """Drop questions that copy benchmark items (exact match and n-gram overlap)."""
-    _curate(store, config, ["decontaminate"], benchmarks=benchmark)
+    _curate(store, config, overrides, ["decontaminate"], benchmarks=benchmark)
 
 
 @app.command()
-def report(store: StoreOption = None, config: ConfigOption = None, curated_only: CuratedOnlyOption = False) -> None:
+def report(store: StoreOption = None, config: ConfigOption = None, curated_only: CuratedOnlyOption = False,
+           overrides: SetOption = None) -> None:
     """Diversity report under reports/diversity/ (report.json, report.md, histograms.png)."""
-    _curate(store, config, ["report"], curated_only=curated_only)
+    _curate(store, config, overrides, ["report"], curated_only=curated_only)
 
 
 @app.command()
@@ -79,8 +84,7 @@ def export(
         "--out", help="Also copy the dataset to this folder or s3://bucket/prefix.")] = None,
     store: StoreOption = None,
     config: ConfigOption = None,
-    overrides: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a setting: dotted.key=value (YAML value), repeatable.")] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Write the curated QA set (plain and chat/SFT layouts) with a dataset card."""
     from synthllm.cli import _check_settings, parse_overrides, run_flow

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from synthllm.commands.options import ConfigOption, StoreOption
 from synthllm.runs import new_run_id
 from synthllm.scaling import (
     POINT_OPTIONS,
@@ -30,8 +31,6 @@ from synthllm.store import Store
 app = typer.Typer(help="Fit L(D) = B/(D_l + D^beta) + E and B/D^beta + E to measured points.", no_args_is_help=True)
 console = Console()
 
-StoreOption = Annotated[str | None, typer.Option("--store", help="Store URL: a folder or s3://bucket/prefix.")]
-ConfigOption = Annotated[str | None, typer.Option("--config", help="YAML or TOML settings file.")]
 OneSeries = Annotated[
     str | None, typer.Option("--one-series", help="Treat all rows as one series with this name (no series column).")
 ]
