@@ -480,8 +480,12 @@ def part_workers(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             runs[workers] = {"synthesize": run["phases"]["synthesize"], "llm_requests": run["llm_requests"],
                              "requests_per_s": run["synthesize_requests_per_s"],
                              "flow_process_cpu_ms_per_request": run["flow_process_cpu_ms_per_request"]}
+        one_wall, two = runs[1]["synthesize"]["wall_s"], runs[2]["synthesize"]
         out[f"{cluster}_cluster"] = {
-            "runs": runs, "speedup_2_vs_1": round(runs[1]["synthesize"]["wall_s"] / runs[2]["synthesize"]["wall_s"], 2)}
+            "runs": runs, "speedup_2_vs_1": round(one_wall / two["wall_s"], 2),
+            # the most two workers could give: the two-worker run's CPU (workers, flow, API) spread
+            # evenly over both cores with none idle
+            "cpu_bound_speedup_2_vs_1": round(one_wall / (two["cpu_s"] / 2), 2)}
     return {**out, "targets": {"speedup_2_vs_1": ">= 1.7 on 2 cores"}}
 
 

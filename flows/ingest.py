@@ -42,9 +42,12 @@ def ingest_flow(
     resolved = resolve_settings(config, {**(overrides or {}), **given_options(fields)}, store, parent_settings)
     files = expand_sources(sources, resolved.store)
     payload = settings_payload(resolved)
+    logger = get_run_logger()
     with (
         open_run("ingest", resolved, sources=sources) as run,
         tracked("ingest", run.store, {"ingest": 1.0}) as tracker,
+        # exact dedup across files reads what is stored before writing: one ingest at a time
+        run.lease("ingest", "ingest", logger) as lease,
     ):
         target, run_id, summary = run.store, run.run_id, run.summary
         task = ingest_source.with_options(**shard_task_options(target, resolved))
@@ -52,6 +55,7 @@ def ingest_flow(
         tracker.plan("ingest", len(files))
         # One ordered pass over the files: exact dedup across files needs a single writer.
         for source in files:
+            lease.check()
             result = task(source.uri, source.fingerprint, payload, run_id)
             add_file_summary(totals, result, run_id)
             fresh = result.get("run_id") == run_id  # else a cached result of an earlier run
@@ -61,5 +65,5 @@ def ingest_flow(
         tracker.close("ingest")
         summary.update(totals)
     create_table_artifact(key="ingest-summary", table=[totals], description=f"Ingest into {target.url}")
-    get_run_logger().info("ingest finished: %s", totals)
+    logger.info("ingest finished: %s", totals)
     return totals

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import command_env
 from typer.testing import CliRunner
 
 from synthllm.ingest import IngestError, add_file_summary, expand_sources, ingest_file
 from synthllm.settings import StoreSettings, load_settings
 from synthllm.store import Store, StoreError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def ingest_paths(store_url: str, sources: list[str], **overrides) -> dict[str, int]:
@@ -220,6 +227,70 @@ def ingest_into(store_settings: StoreSettings, sources: list[str], run_id: str =
 
 def jsonl(*records: dict | str) -> bytes:
     return b"".join((r if isinstance(r, str) else json.dumps(r)).encode() + b"\n" for r in records)
+
+
+GATED_INGEST = """
+import pathlib, sys, time
+import synthllm.ingest as ingest
+name, source, store, gate = sys.argv[1:5]
+gate = pathlib.Path(gate)
+process_shard = ingest.process_shard
+
+def gated(*args, **kwargs):  # hold the shard until the test opens the gate
+    (gate / f"entered-{name}").touch()
+    deadline = time.monotonic() + 120
+    while not (gate / "open").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process_shard(*args, **kwargs)
+
+ingest.process_shard = gated
+from flows.ingest import ingest_flow
+ingest_flow([source], store=store)
+"""
+
+
+def test_two_ingests_at_once_store_a_shared_document_once(store_url: str, tmp_path: Path) -> None:
+    """Two runs ingest files that share a document at the same time: exact dedup across files
+    still holds, because a run waits for the other's ``ingest`` lease before reading what is stored.
+
+    The first run to reach a shard is held there until the other run either waits for the lease
+    (it says so) or has read the stored ids and reached its own shard (no lease: both then write
+    the shared document)."""
+    shared = json.dumps({"id": "shared", "text": "The angles of a triangle add up to 180 degrees."}).encode()
+    files = [write_lines(tmp_path / f"{name}.jsonl", [shared, json.dumps({"id": f"only-{name}", "text": name}).encode()])
+             for name in ("a", "b")]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    script = tmp_path / "gated_ingest.py"
+    script.write_text(GATED_INGEST)
+    runs = [subprocess.Popen([sys.executable, str(script), name, str(path), store_url, str(gate)],
+                             env={**command_env(tmp_path / f"prefect-{name}"), "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name, path in zip(("a", "b"), files, strict=True)]
+    waiting = threading.Event()
+    logs: list[list[str]] = [[], []]
+
+    def read(run: subprocess.Popen, lines: list[str]) -> None:
+        for line in run.stdout:
+            lines.append(line)
+            if "is being run by" in line:
+                waiting.set()
+
+    readers = [threading.Thread(target=read, args=pair) for pair in zip(runs, logs, strict=True)]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (waiting.is_set() or len(list(gate.glob("entered-*"))) == 2):
+        time.sleep(0.1)
+    (gate / "open").touch()
+    for run in runs:
+        run.wait(timeout=300)
+    for reader in readers:
+        reader.join(30)
+    assert [run.returncode for run in runs] == [0, 0], "".join(logs[0][-40:] + logs[1][-40:])
+    documents = Store(store_url).read_table("documents")
+    assert sorted(documents["doc_id"].to_list()) == ["only-a", "only-b", "shared"]
+    assert waiting.is_set()
 
 
 def test_lone_surrogates_are_invalid_utf8_failures(place) -> None:
