@@ -337,7 +337,8 @@ class OpenAIEngine:
             try:
                 await batch.done
             finally:
-                dispatcher.cancel(batch)  # nothing left on success; on a stop, its requests in flight
+                if batch.outstanding:  # stopped, or a refused key: its waiting jobs and requests in flight
+                    dispatcher.cancel(batch)
 
     async def _post(self, session: aiohttp.ClientSession, endpoint: str, payload: bytes) -> tuple[int, Any, bytes]:
         try:
