@@ -131,7 +131,8 @@ class _Job:
 
     batch: _Batch
     index: int
-    payload: bytes
+    request: ChatRequest
+    payload: bytes = b""  # the JSON body, built when first sent
     attempt: int = 0
     failed_replica: int | None = None
     error: str = ""
@@ -192,6 +193,8 @@ class _Dispatcher:
     async def _attempt(self, job: _Job) -> None:
         """Send ``job`` once: hand its result over, or put it back after its backoff to retry."""
         replicas, settings = self.replicas, self.engine.settings
+        if not job.payload:
+            job.payload = orjson.dumps(self.engine._arguments(job.request))
         replica = replicas.take(avoid=job.failed_replica)
         endpoint = replicas.endpoints[replica]
         started = time.perf_counter()
@@ -332,8 +335,7 @@ class OpenAIEngine:
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers) as session:
             batch = _Batch(session, arrivals, len(requests), asyncio.get_running_loop().create_future())
-            dispatcher.submit([_Job(batch, index, orjson.dumps(self._arguments(request)))
-                               for index, request in enumerate(requests)])
+            dispatcher.submit([_Job(batch, index, request) for index, request in enumerate(requests)])
             try:
                 await batch.done
             finally:
