@@ -286,10 +286,16 @@ def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.E
         try:
             current = lease_file.read()
             if current is None or current[0].token != lease.record.token:
-                raise StoreError("taken over by " + (current[0].owner if current else "nobody (deleted)"))
+                raise StoreError(_taken_over(current))
             renewed = lease.record.renewed(ttl_s)
-            if not lease_file.swap(renewed.encode(), current[1]) and not _landed(lease_file, renewed):
-                raise StoreError("changed during renewal")
+            if not lease_file.swap(renewed.encode(), current[1]):
+                # A put whose reply was lost is retried by the S3 client, and the retry fails its
+                # condition on the version the first attempt wrote: the renewal landed if the store
+                # holds exactly it. Else another run wrote between the read and the swap.
+                latest = lease_file.read()
+                if latest is None or latest[0] != renewed:
+                    raise StoreError(_taken_over(latest) if latest is None or latest[0].token != lease.record.token
+                                     else "changed during renewal")
             lease.record = renewed
         except Exception as exc:  # noqa: BLE001 - a failed renewal must not kill the run, only flag it
             if isinstance(exc, StoreError):
@@ -300,8 +306,5 @@ def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.E
             log.warning("lease %r renewal failed, will retry: %s", lease.record.name, exc)
 
 
-def _landed(lease_file: _LeaseFile, record: LeaseRecord) -> bool:
-    """Whether the store holds exactly ``record``: a put whose reply was lost is retried by the S3
-    client, and the retry fails its condition on the version the first attempt wrote."""
-    current = lease_file.read()
-    return current is not None and current[0] == record
+def _taken_over(current: tuple[LeaseRecord, str] | None) -> str:
+    return "taken over by " + (current[0].owner if current else "nobody (deleted)")

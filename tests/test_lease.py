@@ -106,6 +106,26 @@ def test_a_lease_taken_from_its_holder_is_flagged_lost(store: Store) -> None:
     assert holder(store, "answer").owner == "run-z"  # not deleted by the one who lost it
 
 
+def test_a_lease_taken_between_a_renewals_read_and_write_names_the_taker(store: Store, monkeypatch) -> None:
+    """Another run writes the lease after the holder's renewal read it: the renewal's conditional
+    write fails, and the lease is lost to that run by name (not "changed during renewal")."""
+    from synthllm.lease import _lease_file
+
+    kind = type(_lease_file(store, "answer"))
+    real_swap = kind.swap
+    thief = LeaseRecord("answer", "run-z", "tz", "2024-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00")
+
+    def taken_just_before(self, data: bytes, version: str) -> bool:
+        store.write_bytes(lease_path(store, "answer"), thief.encode())
+        return real_swap(self, data, version)
+
+    monkeypatch.setattr(kind, "swap", taken_just_before)
+    with acquire(store, "answer", "run-a", ttl_s=0.6) as lease:
+        assert lease.lost.wait(5)
+        assert lease.reason == "taken over by run-z"
+    assert holder(store, "answer").owner == "run-z"
+
+
 def test_the_same_owner_may_take_its_lease_again(store: Store) -> None:
     with acquire(store, "answer", "run-a", ttl_s=30):
         with acquire(Store(store.settings), "answer", "run-a", ttl_s=30):  # a retried task of run-a
