@@ -285,8 +285,8 @@ def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.E
     while not stop.wait(ttl_s / 3):
         try:
             current = lease_file.read()
-            if current is None or current[0].token != lease.record.token:
-                raise StoreError(_taken_over(current))
+            if lost := _lost_to(current, lease):
+                raise StoreError(lost)
             renewed = lease.record.renewed(ttl_s)
             if not lease_file.swap(renewed.encode(), current[1]):
                 # A put whose reply was lost is retried by the S3 client, and the retry fails its
@@ -294,8 +294,7 @@ def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.E
                 # holds exactly it. Else another run wrote between the read and the swap.
                 latest = lease_file.read()
                 if latest is None or latest[0] != renewed:
-                    raise StoreError(_taken_over(latest) if latest is None or latest[0].token != lease.record.token
-                                     else "changed during renewal")
+                    raise StoreError(_lost_to(latest, lease) or "changed during renewal")
             lease.record = renewed
         except Exception as exc:  # noqa: BLE001 - a failed renewal must not kill the run, only flag it
             if isinstance(exc, StoreError):
@@ -306,5 +305,8 @@ def _renew(lease_file: _LeaseFile, lease: Lease, ttl_s: float, stop: threading.E
             log.warning("lease %r renewal failed, will retry: %s", lease.record.name, exc)
 
 
-def _taken_over(current: tuple[LeaseRecord, str] | None) -> str:
-    return "taken over by " + (current[0].owner if current else "nobody (deleted)")
+def _lost_to(current: tuple[LeaseRecord, str] | None, lease: Lease) -> str | None:
+    """Why the stored lease is no longer ``lease`` (another run's, or deleted); None while it is."""
+    if current is None:
+        return "taken over by nobody (deleted)"
+    return None if current[0].token == lease.record.token else f"taken over by {current[0].owner}"

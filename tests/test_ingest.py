@@ -257,7 +257,8 @@ def test_two_ingests_at_once_store_a_shared_document_once(store_url: str, tmp_pa
     (it says so) or has read the stored ids and reached its own shard (no lease: both then write
     the shared document)."""
     shared = json.dumps({"id": "shared", "text": "The angles of a triangle add up to 180 degrees."}).encode()
-    files = [write_lines(tmp_path / f"{name}.jsonl", [shared, json.dumps({"id": f"only-{name}", "text": name}).encode()])
+    files = [write_lines(tmp_path / f"{name}.jsonl",
+                         [shared, json.dumps({"id": f"only-{name}", "text": name}).encode()])
              for name in ("a", "b")]
     gate = tmp_path / "gate"
     gate.mkdir()

@@ -31,7 +31,8 @@ def _show(title: str, result: Any) -> None:
     console.print_json(json.dumps(result, default=str))
 
 
-def _curate(store: str | None, config: str | None, overrides: list[str] | None, steps: list[str], **params: Any) -> None:
+def _curate(store: str | None, config: str | None, overrides: list[str] | None, steps: list[str],
+            **params: Any) -> None:
     from synthllm.cli import _check_settings, parse_overrides, run_flow
 
     parsed = parse_overrides(overrides)
