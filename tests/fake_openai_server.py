@@ -37,11 +37,13 @@ MODEL = "fake-model"
 
 @dataclass(frozen=True)
 class Text:
-    """A valid completion (``delay_s``: think time before replying)."""
+    """A valid completion (``delay_s``: think time before replying; ``held_until``: reply only once
+    that event is set, so a test can release requests in lockstep rounds)."""
 
     content: str
     finish_reason: str = "stop"
     delay_s: float = 0.0
+    held_until: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,8 @@ class FakeOpenAIServer:
         data = json.dumps(completion_body(self.model, [(reply.content, reply.finish_reason)] * body.get("n", 1)))
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.held_until is not None:
+            await _wait_for(reply.held_until, limit_s=30.0)
         if self.clock is not None:
             await self._serve_at_fixed_rate()
         with self._lock:
@@ -290,6 +294,13 @@ class FakeOpenAIServer:
             clock.busy_s += finished - started
             clock.last_finish = finished
             clock.served.append((started, finished))
+
+
+async def _wait_for(event: threading.Event, limit_s: float) -> None:
+    """Wait (without blocking the server's loop) until another thread sets ``event``."""
+    deadline = time.monotonic() + limit_s
+    while not event.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.002)
 
 
 def _error(error: Error) -> web.Response:

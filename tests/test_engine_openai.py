@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import subprocess
@@ -480,8 +481,24 @@ def test_429_retry_after_from_the_fake_server(fake_server):
 
 
 def test_in_flight_is_max_concurrency_per_replica_shared_by_batches(fake_server):
-    """2 replicas x max_concurrency 3: 3 in flight at each, 6 in all, however many batches run."""
-    replicas = [fake_server(lambda body: Text("ok", delay_s=0.15)) for _ in range(2)]
+    """2 replicas x max_concurrency 3: 3 in flight at each, 6 in all, however many batches run.
+
+    Replies are held until 6 requests are in flight and then released together, so every round
+    is the 6 the engine may send at once: split 3 + 3 only if it fills each replica's slots (the
+    split does not depend on which server thread happens to answer first)."""
+    arrivals = itertools.count()
+    rounds = [threading.Event() for _ in range(4)]
+    counting = threading.Lock()
+
+    def answer(body: dict) -> Text:
+        with counting:
+            arrival = next(arrivals)
+        this_round = rounds[arrival // 6]
+        if arrival % 6 == 5:
+            this_round.set()
+        return Text("ok", held_until=this_round)
+
+    replicas = [fake_server(answer) for _ in range(2)]
     engine = OpenAIEngine(fake_settings([r.base_url for r in replicas], max_concurrency=3))
     outcomes: list[list] = []
     threads = [
@@ -493,6 +510,7 @@ def test_in_flight_is_max_concurrency_per_replica_shared_by_batches(fake_server)
     for thread in threads:
         thread.join(30)
     assert [all(r.ok for r in batch) for batch in outcomes] == [True, True]
+    assert all(event.is_set() for event in rounds)  # every round had 6 in flight
     assert [r.max_in_flight for r in replicas] == [3, 3]
     assert [r.total_received for r in replicas] == [12, 12]
 
