@@ -1,5 +1,6 @@
 """The scripted pipeline replies behind a real HTTP server: a fake OpenAI-compatible server on
-127.0.0.1 answering every SynthLLM prompt like :class:`scripted_llm.PipelineResponder`."""
+127.0.0.1 answering every SynthLLM prompt like :class:`scripted_llm.PipelineResponder`; and the
+requests the engine tests send."""
 
 from __future__ import annotations
 
@@ -8,6 +9,19 @@ from collections.abc import Callable
 from fake_openai_server import FakeOpenAIServer
 from scripted_llm import PipelineResponder
 from synthllm.engines.base import ChatRequest
+
+
+YES_NO_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+def user(text: str, **kwargs) -> ChatRequest:
+    """One user message as a request (``kwargs``: sampling and schema)."""
+    return ChatRequest.of([{"role": "user", "content": text}], **kwargs)
 
 
 def request_of(body: dict) -> ChatRequest:

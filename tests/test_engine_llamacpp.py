@@ -6,8 +6,9 @@ import threading
 import time
 
 import pytest
+from openai_pipeline import user
 
-from synthllm.engines import LLM, ChatRequest, make_engine
+from synthllm.engines import LLM, make_engine
 from synthllm.engines.base import RunStopped, clear_stop, request_stop
 from synthllm.engines.client import RETRIED_REASONS
 from synthllm.engines.llamacpp_backend import LlamaCppEngine
@@ -30,10 +31,6 @@ QUESTIONS_SCHEMA = {
 @pytest.fixture(scope="module")
 def settings() -> EngineSettings:
     return EngineSettings(backend="llamacpp", n_ctx=N_CTX, max_parse_retries=1, cache_flush_every=2)
-
-
-def user(text: str, **kwargs) -> ChatRequest:
-    return ChatRequest.of([{"role": "user", "content": text}], **kwargs)
 
 
 def test_engine_is_loaded_once_per_settings(settings):
