@@ -179,6 +179,26 @@ def test_in_flight_is_max_concurrency_per_replica_shared_by_batches(fake_server)
     assert [r.total_received for r in replicas] == [12, 12]
 
 
+def test_a_slow_replica_gets_no_more_than_its_share_in_flight(fake_server):
+    """max_concurrency is per replica: a replica holding its 3 replies gets no 4th request while
+    the other replica's slots keep turning over (it is released once the other has served 27)."""
+    fast_arrivals = itertools.count(1)
+    release = threading.Event()
+
+    def fast(body: dict) -> str:
+        if next(fast_arrivals) == 27:
+            release.set()
+        return "ok"
+
+    slow_server = fake_server(lambda body: Text("ok", held_until=release))
+    fast_server = fake_server(fast)
+    engine = OpenAIEngine(fake_settings([slow_server.base_url, fast_server.base_url], max_concurrency=3))
+    results = engine.generate([user(f"q{i}") for i in range(30)])
+    assert all(r.ok for r in results)
+    assert slow_server.max_in_flight == 3 and fast_server.max_in_flight <= 3
+    assert [slow_server.total_received, fast_server.total_received] == [3, 27]
+
+
 def test_a_request_backing_off_leaves_its_slot_to_the_others(fake_server):
     """One slot: while "a" waits out a 429's Retry-After, "b" is sent (not after a's retry)."""
     arrived: dict[str, list[float]] = {}
