@@ -199,6 +199,17 @@ def test_a_slow_replica_gets_no_more_than_its_share_in_flight(fake_server):
     assert [slow_server.total_received, fast_server.total_received] == [3, 27]
 
 
+def test_a_retry_goes_to_another_replica_than_the_one_that_failed(fake_server):
+    """One retry each, one replica answering 500 to everything: every request still succeeds,
+    because its retry avoids the replica that failed it (round-robin alone sends some back)."""
+    failing = fake_server(lambda body: Error(500))
+    live = fake_server(lambda body: "ok")
+    engine = OpenAIEngine(fake_settings([failing.base_url, live.base_url], max_http_retries=1))
+    results = engine.generate([user(f"q{i}") for i in range(40)])
+    assert [r.ok for r in results] == [True] * 40
+    assert max(failing.received.values()) == 1 and live.total_received == 40
+
+
 def test_a_request_backing_off_leaves_its_slot_to_the_others(fake_server):
     """One slot: while "a" waits out a 429's Retry-After, "b" is sent (not after a's retry)."""
     arrived: dict[str, list[float]] = {}
