@@ -12,7 +12,7 @@ import pytest
 
 from synthllm.curation import decontam
 from synthllm.curation.decontam import BUILTIN_DIR
-from synthllm.curation.export import export_dataset
+from synthllm.curation.export import curated_dataset, export_dataset
 from synthllm.curation.stages import (
     DIVERSITY_DIR,
     decontaminate_shards,
@@ -276,6 +276,20 @@ def test_export_leaves_out_uncurated_questions_and_low_agreement(curated_store) 
     strict = load_settings(overrides={"answer.min_agreement": 0.5}, store=store.url)
     result = export_dataset(store, strict, "strict", ["parquet"])
     assert result["rows"] == 0 and result["funnel"]["low_agreement"] == 3
+
+
+def test_export_needs_dedup_as_well_and_takes_a_questions_latest_answer(curated_store) -> None:
+    store, settings = curated_store
+    for shard in question_shards(store):  # decontaminated, not deduplicated yet
+        run_decontamination(store, settings, shard, "run-c")
+    assert curated_dataset(store).height == 0
+    run_dedup(store, settings, "run-c")
+    assert "qa-4" in curated_dataset(store)["question_id"].to_list()
+    redone = _answers(["qa-4"])[0] | {"answer": "Redone: \\boxed{7}.", "final_answer": "7", "normalized_answer": "7",
+                                      "shard_id": "a1", "created_at": T0 + timedelta(hours=2)}
+    store.write_shard("answers", "a1", [redone])
+    row = curated_dataset(store).filter(pl.col("question_id") == "qa-4").row(0, named=True)
+    assert (row["answer"], row["final_answer"]) == ("Redone: \\boxed{7}.", "7")
 
 
 # ----------------------------------------------------------------------------- diversity report
