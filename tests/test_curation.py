@@ -292,6 +292,15 @@ def test_export_needs_dedup_as_well_and_takes_a_questions_latest_answer(curated_
     assert (row["answer"], row["final_answer"]) == ("Redone: \\boxed{7}.", "7")
 
 
+def test_a_question_stored_twice_is_exported_once(curated_store) -> None:
+    """A question in two shards (a shard rewritten by a rerun under another id) is one row."""
+    store, settings = curated_store
+    _curate(store, settings)
+    store.write_shard("questions", "q-shard-c", _questions([("qa-4", 2, CLEAN[1], 30)], shard="q-shard-c"))
+    ids = curated_dataset(store)["question_id"].to_list()
+    assert ids.count("qa-4") == 1 and len(ids) == len(set(ids))
+
+
 # ----------------------------------------------------------------------------- diversity report
 
 
