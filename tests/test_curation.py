@@ -23,6 +23,8 @@ from synthllm.curation.stages import (
     run_diversity_report,
 )
 from synthllm.settings import load_settings
+from synthllm.stages.answer import AnswerStage
+from synthllm.stages.base import PlanState
 from synthllm.store import Store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
@@ -299,6 +301,22 @@ def test_a_question_stored_twice_is_exported_once(curated_store) -> None:
     store.write_shard("questions", "q-shard-c", _questions([("qa-4", 2, CLEAN[1], 30)], shard="q-shard-c"))
     ids = curated_dataset(store)["question_id"].to_list()
     assert ids.count("qa-4") == 1 and len(ids) == len(set(ids))
+
+
+def test_a_question_stored_twice_is_not_a_duplicate_of_itself(curated_store) -> None:
+    store, settings = curated_store
+    store.write_shard("questions", "q-shard-c", _questions([("qa-4", 2, CLEAN[1], 30)], shard="q-shard-c"))
+    run_dedup(store, settings, "run-c")
+    rows = store.read_table("curation")
+    assert _by_check(rows, "exact_dup")["qa-4"]["kept"] and _by_check(rows, "near_dup")["qa-4"]["kept"]
+
+
+def test_a_question_a_gate_turned_down_is_not_answered(curated_store) -> None:
+    """The answer stage's full sweep (a restart plans answers from the store, not from the
+    gate's shards as they finish) leaves out what the gate dropped."""
+    store, settings = curated_store
+    candidates = AnswerStage().candidates(store, settings, PlanState())
+    assert "qb-5" not in candidates and len(candidates) == 10
 
 
 # ----------------------------------------------------------------------------- diversity report
