@@ -103,6 +103,34 @@ def test_a_failure_under_another_prompt_version_does_not_block_the_item(
     assert asked == {doc_ids[0]}  # @0's failure is no answer for @1; @1's own failure is
 
 
+def test_rows_and_failures_of_another_model_do_not_cover_an_item(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
+    """Switching models asks the new one for everything: what another model wrote or failed on is
+    its own provenance, not this model's answer."""
+    ingest_documents(store_settings, sample_dir, tmp_path, 3)
+    store = Store(store_settings)
+    doc_ids = sorted(store.read_table("documents")["doc_id"].to_list())
+
+    def run_with(model: str) -> ScriptedEngine:
+        overrides = overrides_for(store_settings, **{"generation.levels": [1], "gate.enabled": False,
+                                                     "engine.model": model})
+        engine = ScriptedEngine(PipelineResponder(), model_id=model)
+        install_engine(load_settings(overrides=overrides, store=store_settings.url).engine, engine)
+        synthesize_flow(store=store_settings.url, overrides=overrides)
+        return engine
+
+    def level1_docs(engine: ScriptedEngine) -> int:
+        return sum("suitable" in json.dumps(r.json_schema or {}) for r in engine.requests)
+
+    assert level1_docs(run_with("model-a")) == 3
+    assert level1_docs(run_with("model-b")) == 3  # model-a's questions are not model-b's
+    failed = failure_rows([Failure("level1", doc_id, "invalid_json", "reply", None, "model-z", "level1_questions@1")
+                           for doc_id in doc_ids[:2]], "level1-z", "r")
+    store.write_shard("failures", "level1-level1-z", failed)
+    assert level1_docs(run_with("model-c")) == 3  # model-z's failures are not model-c's either
+    assert level1_docs(run_with("model-c")) == 0  # its own rows are
+
+
 def test_raising_max_tokens_reasks_only_the_truncated_items(
         prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
     """What curator and distilabel users ask for most: a settings change re-asks only what it affects."""
