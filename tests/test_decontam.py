@@ -198,3 +198,19 @@ def test_every_short_item_is_found_inside_a_longer_question(six_index: Contamina
         row = rows[item_id]
         assert not row["kept"], text
         assert f" {tokens[row['matched_id']]} " in f" {words} "
+
+
+@pytest.mark.parametrize("lengths", [(4, 5, 6), (5,), (5, 6)])
+def test_items_of_n_tokens_and_either_side_are_found(tmp_path: Path, lengths: tuple[int, ...]) -> None:
+    """The boundary between short items (one window of all their tokens) and n-gram items, n = 5,
+    with and without shorter items in the index."""
+    words = "walrus quietly folds seven paper lanterns beside harbour".split()
+    items = {n: " ".join(words[:n]) for n in lengths}
+    bench = tmp_path / "edge.jsonl"
+    bench.write_text("".join(json.dumps({"problem": text}) + "\n" for text in items.values()), encoding="utf-8")
+    index = ContaminationIndex([load_benchmark(str(bench))], ngram=5)
+    questions = pl.DataFrame({"question_id": [f"q{n}" for n in lengths] + ["clean"],
+                              "question": [f"First, {text}, then count them." for text in items.values()]
+                              + ["Seven lanterns fold quietly beside a walrus in the harbour."]})
+    ngram = _by_check(index.check(questions), "contamination_ngram")
+    assert {qid: row["kept"] for qid, row in ngram.items()} == {**{f"q{n}": False for n in lengths}, "clean": True}
