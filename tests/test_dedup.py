@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from datasketch import MinHash
 
-from synthllm.curation.dedup import MinHasher, candidate_pairs, dedup, lsh_bands
+from synthllm.curation.dedup import MinHasher, candidate_pairs, dedup, keep_first, lsh_bands
 from synthllm.curation.text import WordBatch, normalized_texts, word_lists
 from synthllm.settings import CurationSettings
 
@@ -193,3 +193,12 @@ def test_empty_and_tokenless_questions() -> None:
     assert near["c"]["kept"] and near["c"]["detail"] is None
     empty = pl.DataFrame(schema={"question_id": pl.String, "level": pl.Int64, "question": pl.String})
     assert dedup(empty, CurationSettings()).is_empty()
+
+
+def test_a_pair_at_exactly_the_threshold_is_a_near_duplicate() -> None:
+    """``minhash_threshold`` is reached, not exceeded: 4 of 5 shingles shared is 0.8. Of a chain
+    a ~ b ~ c, only b goes (c's match, b, is not kept; a and c are not similar)."""
+    earlier, later = np.array([0, 1, 0]), np.array([1, 2, 2])
+    kept, matched, best = keep_first(3, earlier, later, np.array([0.8, 0.9, 0.79]), threshold=0.8)
+    assert kept.tolist() == [True, False, True] and matched.tolist() == [-1, 0, -1] and best[1] == 0.8
+
