@@ -15,6 +15,7 @@ from synthllm.engines.scripted import ScriptedEngine
 from synthllm.ingest import expand_sources, ingest_file
 from synthllm.runs import Failure, clear_failures, failure_rows
 from synthllm.settings import StoreSettings, load_settings
+from synthllm.stages.question_gate import QuestionGateStage
 from synthllm.store import Store
 
 BASE = {"filter.enabled": False, "generation.shard_size": 4, "engine.cache_flush_every": 1, "graph.epochs": 2,
@@ -129,6 +130,27 @@ def test_rows_and_failures_of_another_model_do_not_cover_an_item(
     store.write_shard("failures", "level1-level1-z", failed)
     assert level1_docs(run_with("model-c")) == 3  # model-z's failures are not model-c's either
     assert level1_docs(run_with("model-c")) == 0  # its own rows are
+
+
+def test_a_new_gate_version_does_not_answer_its_kept_questions_again(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """New gate rules re-run the gate over every question; the questions it keeps again stream to
+    the answer stage, which must skip those this model has answered already."""
+    ingest_documents(store_settings, sample_dir, tmp_path, 2)
+    store = Store(store_settings)
+    overrides = overrides_for(store_settings, **{"generation.levels": [1]})
+    engine_for(store_settings, PipelineResponder(), overrides)
+    synthesize_flow(store=store_settings.url, overrides=overrides)
+    answered = store.read_table("answers")["question_id"].to_list()
+    assert answered
+
+    monkeypatch.setattr(QuestionGateStage, "rules_version", "question-rules-next")
+    engine = engine_for(store_settings, PipelineResponder(), overrides)
+    synthesize_flow(store=store_settings.url, overrides=overrides)
+    gate_rows = store.read_table("curation").filter(pl.col("check_name") == "question_gate")
+    assert gate_rows.height == 2 * store.read_table("questions").height  # the gate did run again
+    assert sorted(store.read_table("answers")["question_id"].to_list()) == sorted(answered)
+    assert engine.calls == 0
 
 
 def test_raising_max_tokens_reasks_only_the_truncated_items(
