@@ -112,6 +112,14 @@ def test_truncated_samples_count_as_asked() -> None:
     assert strict.rejection == LOW_CONFIDENCE and strict.final_answer == "7"
 
 
+def test_samples_that_never_came_back_count_against_agreement_and_the_bar_is_inclusive() -> None:
+    """2 of 4 samples asked came back, both 9: confidence 0.5 (not 1.0), which meets a 0.5 bar."""
+    replies = samples("\\boxed{9}", "The answer is 9.")
+    at_bar = vote(replies, 4, AnswerSettings(min_agreement=0.5))
+    assert (at_bar.votes, at_bar.confidence, at_bar.rejection, at_bar.final_answer) == (2, 0.5, None, "9")
+    assert vote(replies, 4, AnswerSettings(min_agreement=0.6)).rejection == LOW_CONFIDENCE
+
+
 def test_decimals_do_not_agree_with_their_integer_part() -> None:
     """The old regex read "The answer is 3.5." as 3, so it agreed with a sample that said 3."""
     result = vote(samples("The answer is 3.5.", "The answer is 3.", "The answer is 3.5"), 3, AnswerSettings())

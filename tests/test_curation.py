@@ -294,6 +294,15 @@ def test_export_needs_dedup_as_well_and_takes_a_questions_latest_answer(curated_
     assert (row["answer"], row["final_answer"]) == ("Redone: \\boxed{7}.", "7")
 
 
+def test_an_answer_at_exactly_min_agreement_is_exported(curated_store) -> None:
+    store, settings = curated_store
+    _curate(store, settings)
+    later = [row | {"shard_id": "a1", "created_at": T0 + timedelta(hours=2)} for row in _answers(["qa-4"], confidence=0.5)]
+    store.write_shard("answers", "a1", later)
+    assert "qa-4" in curated_dataset(store, min_agreement=0.5)["question_id"].to_list()
+    assert "qa-4" not in curated_dataset(store, min_agreement=0.51)["question_id"].to_list()
+
+
 def test_a_question_stored_twice_is_exported_once(curated_store) -> None:
     """A question in two shards (a shard rewritten by a rerun under another id) is one row."""
     store, settings = curated_store
