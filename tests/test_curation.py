@@ -95,6 +95,11 @@ def _answers(question_ids: list[str], confidence: float = 1.0, rejected: dict[st
     ]
 
 
+def _later_answer(question_id: str, **columns) -> dict:
+    """An answer written after the fixture's (shard a1, an hour later), with ``columns`` changed."""
+    return _answers([question_id])[0] | {"shard_id": "a1", "created_at": T0 + timedelta(hours=2), **columns}
+
+
 def _by_check(rows: pl.DataFrame, check: str) -> dict[str, dict]:
     return {r["question_id"]: r for r in rows.filter(pl.col("check_name") == check).iter_rows(named=True)}
 
@@ -287,9 +292,8 @@ def test_export_needs_dedup_as_well_and_takes_a_questions_latest_answer(curated_
     assert curated_dataset(store).height == 0
     run_dedup(store, settings, "run-c")
     assert "qa-4" in curated_dataset(store)["question_id"].to_list()
-    redone = _answers(["qa-4"])[0] | {"answer": "Redone: \\boxed{7}.", "final_answer": "7", "normalized_answer": "7",
-                                      "shard_id": "a1", "created_at": T0 + timedelta(hours=2)}
-    store.write_shard("answers", "a1", [redone])
+    store.write_shard("answers", "a1", [_later_answer("qa-4", answer="Redone: \\boxed{7}.", final_answer="7",
+                                                      normalized_answer="7")])
     row = curated_dataset(store).filter(pl.col("question_id") == "qa-4").row(0, named=True)
     assert (row["answer"], row["final_answer"]) == ("Redone: \\boxed{7}.", "7")
 
@@ -297,8 +301,7 @@ def test_export_needs_dedup_as_well_and_takes_a_questions_latest_answer(curated_
 def test_an_answer_at_exactly_min_agreement_is_exported(curated_store) -> None:
     store, settings = curated_store
     _curate(store, settings)
-    later = [row | {"shard_id": "a1", "created_at": T0 + timedelta(hours=2)} for row in _answers(["qa-4"], confidence=0.5)]
-    store.write_shard("answers", "a1", later)
+    store.write_shard("answers", "a1", [_later_answer("qa-4", confidence=0.5)])
     assert "qa-4" in curated_dataset(store, min_agreement=0.5)["question_id"].to_list()
     assert "qa-4" not in curated_dataset(store, min_agreement=0.51)["question_id"].to_list()
 
