@@ -3,6 +3,8 @@
 -- rejection or without a final answer is unverified and left out.
 -- $1 min_agreement: answers with a lower self-consistency confidence are left out.
 -- $2 require_decontamination: only questions the benchmark checks have seen.
+-- $3 the question gate's version in force (NULL with the gate off): verdicts of other gate rules
+--    or settings do not count.
 WITH unique_questions AS (
     SELECT *
     FROM questions
@@ -14,6 +16,7 @@ checks AS (
            bool_or(check_name = 'exact_dup') AS checked,
            bool_or(check_name LIKE 'contamination_%') AS decontaminated
     FROM curation
+    WHERE check_name <> 'question_gate' OR prompt_version = $3
     GROUP BY question_id
 ),
 best_answers AS (

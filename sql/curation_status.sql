@@ -2,7 +2,8 @@
 -- Steps in order: question_gate (reason code), llm_judge, not_curated (dedup or, with $1
 -- require_decontamination, the benchmark checks have not seen it), exact_dup, near_dup,
 -- contamination (benchmark), other_check, no_answer, unverified_answer (rejection, or no final
--- answer), low_agreement (confidence below $2), exported.
+-- answer), low_agreement (confidence below $2), exported. $3: the question gate's version in force
+-- (NULL with the gate off): verdicts of other gate rules or settings do not count.
 WITH unique_questions AS (
     SELECT question_id, level
     FROM questions
@@ -23,6 +24,7 @@ checks AS (
                  AND check_name NOT LIKE 'contamination_%'
            ) AS other_check
     FROM curation
+    WHERE check_name <> 'question_gate' OR prompt_version = $3
     GROUP BY question_id
 ),
 best_answers AS (

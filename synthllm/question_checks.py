@@ -16,9 +16,21 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from synthllm.settings import GateSettings
+from synthllm.store import stable_hash
 
-# Written into the ``prompt_version`` of gate rows: a rule change re-runs the gate.
+# The rule code's version: a change to the checks below re-runs the gate.
 RULES_VERSION = "question_rules@1"
+# Gate settings that do not change a rule verdict (the rest do: see ``verdict_version``).
+NOT_VERDICT_SETTINGS = frozenset({"enabled", "shard_size", "judge_enabled", "judge_threshold", "judge_sampling"})
+
+
+
+def verdict_version(gate: GateSettings, code_version: str = RULES_VERSION) -> str:
+    """What gate rows carry as ``prompt_version``: the rule code's version and a digest of the
+    settings the verdicts depend on. Coverage is per version, so tightening ``gate.min_concepts``
+    re-checks every stored question, and a setting put back finds its verdicts stored."""
+    return f"{code_version}+{stable_hash(gate.model_dump(mode='json', exclude=set(NOT_VERDICT_SETTINGS)), length=8)}"
+
 
 EMPTY = "empty"
 HEADER = "header"

@@ -12,7 +12,7 @@ import pytest
 
 from synthllm.curation import decontam
 from synthllm.curation.decontam import BUILTIN_DIR
-from synthllm.curation.export import curated_dataset, export_dataset
+from synthllm.curation.export import check_counts, curated_dataset, curation_funnel, export_dataset, funnel_rows
 from synthllm.curation.stages import (
     DIVERSITY_DIR,
     decontaminate_shards,
@@ -25,6 +25,8 @@ from synthllm.curation.stages import (
 from synthllm.settings import load_settings
 from synthllm.stages.answer import AnswerStage
 from synthllm.stages.base import PlanState
+from synthllm.stages.llm_judge import LLMJudgeStage
+from synthllm.stages.question_gate import counted_gate_version
 from synthllm.store import Store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
@@ -100,6 +102,11 @@ def _later_answer(question_id: str, **columns) -> dict:
     return _answers([question_id])[0] | {"shard_id": "a1", "created_at": T0 + timedelta(hours=2), **columns}
 
 
+def _curated(store: Store, settings, **options) -> pl.DataFrame:
+    """The export's rows under ``settings``' gate."""
+    return curated_dataset(store, gate_version=counted_gate_version(settings), **options)
+
+
 def _by_check(rows: pl.DataFrame, check: str) -> dict[str, dict]:
     return {r["question_id"]: r for r in rows.filter(pl.col("check_name") == check).iter_rows(named=True)}
 
@@ -149,16 +156,17 @@ def curated_store(store_url: str) -> tuple[Store, object]:
             shard="q-shard-b",
         ),
     )
+    settings = load_settings(store=store_url)
     store.write_shard(
         "curation",
         "gate-q-shard-b",
         [{"question_id": "qb-5", "check_name": "question_gate", "kept": False, "matched_id": None, "score": None,
-          "detail": "header_like", "shard_id": "gate-q-shard-b", "run_id": "run-gate"}],
+          "detail": "header_like", "prompt_version": counted_gate_version(settings), "model": "rules",
+          "shard_id": "gate-q-shard-b", "run_id": "run-gate"}],
     )
     answered = ["qa-1", "qa-2", "qa-3", "qa-4", "qb-1", "qb-2", "qb-3", "qb-5", "qb-6", "qb-7"]
     # qb-7's answer has no final answer (and no rejection code): not verified either
     store.write_shard("answers", "a0", _answers(answered, rejected={"qb-6": "low_confidence", "qb-7": None}))
-    settings = load_settings(store=store_url)
     return store, settings
 
 
@@ -289,12 +297,12 @@ def test_export_needs_dedup_as_well_and_takes_a_questions_latest_answer(curated_
     store, settings = curated_store
     for shard in question_shards(store):  # decontaminated, not deduplicated yet
         run_decontamination(store, settings, shard, "run-c")
-    assert curated_dataset(store).height == 0
+    assert _curated(store, settings).height == 0
     run_dedup(store, settings, "run-c")
-    assert "qa-4" in curated_dataset(store)["question_id"].to_list()
+    assert "qa-4" in _curated(store, settings)["question_id"].to_list()
     store.write_shard("answers", "a1", [_later_answer("qa-4", answer="Redone: \\boxed{7}.", final_answer="7",
                                                       normalized_answer="7")])
-    row = curated_dataset(store).filter(pl.col("question_id") == "qa-4").row(0, named=True)
+    row = _curated(store, settings).filter(pl.col("question_id") == "qa-4").row(0, named=True)
     assert (row["answer"], row["final_answer"]) == ("Redone: \\boxed{7}.", "7")
 
 
@@ -302,8 +310,8 @@ def test_an_answer_at_exactly_min_agreement_is_exported(curated_store) -> None:
     store, settings = curated_store
     _curate(store, settings)
     store.write_shard("answers", "a1", [_later_answer("qa-4", confidence=0.5)])
-    assert "qa-4" in curated_dataset(store, min_agreement=0.5)["question_id"].to_list()
-    assert "qa-4" not in curated_dataset(store, min_agreement=0.51)["question_id"].to_list()
+    assert "qa-4" in _curated(store, settings, min_agreement=0.5)["question_id"].to_list()
+    assert "qa-4" not in _curated(store, settings, min_agreement=0.51)["question_id"].to_list()
 
 
 def test_a_question_stored_twice_is_exported_once(curated_store) -> None:
@@ -311,7 +319,7 @@ def test_a_question_stored_twice_is_exported_once(curated_store) -> None:
     store, settings = curated_store
     _curate(store, settings)
     store.write_shard("questions", "q-shard-c", _questions([("qa-4", 2, CLEAN[1], 30)], shard="q-shard-c"))
-    ids = curated_dataset(store)["question_id"].to_list()
+    ids = _curated(store, settings)["question_id"].to_list()
     assert ids.count("qa-4") == 1 and len(ids) == len(set(ids))
 
 
@@ -329,6 +337,34 @@ def test_a_question_a_gate_turned_down_is_not_answered(curated_store) -> None:
     store, settings = curated_store
     candidates = AnswerStage().candidates(store, settings, PlanState())
     assert "qb-5" not in candidates and len(candidates) == 10
+
+
+def test_only_the_verdicts_of_the_gate_in_force_count(curated_store) -> None:
+    """A rejection under other gate rules or settings drops nothing (the gate checks every question
+    again under a new version), and with the gate off no gate verdict drops a question."""
+    store, settings = curated_store
+    def gate_row(question_id: str, reason: str | None, version: str) -> dict:
+        return {"question_id": question_id, "check_name": "question_gate", "kept": reason is None, "matched_id": None,
+                "score": None, "detail": reason, "prompt_version": version, "model": "rules"}
+
+    in_force, old = counted_gate_version(settings), "question_rules@0+00000000"
+    store.write_shard("curation", "gate-more", [gate_row("qa-4", "too_long", old), gate_row("qa-1", None, old),
+                                                 gate_row("qa-2", None, in_force)])
+    judged = load_settings(overrides={"gate.judge_enabled": True}, store=store.url)
+    assert LLMJudgeStage().candidates(store, judged, PlanState()) == ["qa-2"]
+    _curate(store, settings)
+    exported = _curated(store, settings)["question_id"].to_list()
+    assert "qa-4" in exported and "qb-5" not in exported
+    assert "qa-4" in AnswerStage().candidates(store, settings, PlanState())
+    gate = [c for c in check_counts(store, in_force) if c["check_name"] == "question_gate"]
+    assert [(c["questions"], c["dropped"]) for c in gate] == [(2, 1)]
+    assert curation_funnel(funnel_rows(store, 0.0, True, in_force))["question_gate"] == 1
+
+    gate_off = load_settings(overrides={"gate.enabled": False}, store=store.url)
+    assert counted_gate_version(gate_off) is None
+    assert {"qa-4", "qb-5"} <= set(AnswerStage().candidates(store, gate_off, PlanState()))
+    run_dedup(store, gate_off, "run-off")
+    assert "qb-5" in _curated(store, gate_off)["question_id"].to_list()
 
 
 # ----------------------------------------------------------------------------- diversity report

@@ -10,12 +10,14 @@ import polars as pl
 
 from flows.synthesize import synthesize_flow
 from scripted_llm import PipelineResponder
+from synthllm.curation.export import curated_dataset
+from synthllm.curation.stages import run_dedup
 from synthllm.engine_pool import install_engine
 from synthllm.engines.scripted import ScriptedEngine
 from synthllm.ingest import expand_sources, ingest_file
 from synthllm.runs import Failure, clear_failures, failure_rows
 from synthllm.settings import StoreSettings, load_settings
-from synthllm.stages.question_gate import QuestionGateStage
+from synthllm.stages.question_gate import QuestionGateStage, counted_gate_version
 from synthllm.store import Store
 
 BASE = {"filter.enabled": False, "generation.shard_size": 4, "engine.cache_flush_every": 1, "graph.epochs": 2,
@@ -151,6 +153,41 @@ def test_a_new_gate_version_does_not_answer_its_kept_questions_again(
     assert gate_rows.height == 2 * store.read_table("questions").height  # the gate did run again
     assert sorted(store.read_table("answers")["question_id"].to_list()) == sorted(answered)
     assert engine.calls == 0
+
+
+def test_a_changed_gate_setting_checks_every_question_again_and_decides_answers_and_export(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
+    """A user who tightens or loosens the gate expects every stored question judged by the rules in
+    force: questions a stricter gate dropped are answered once it is loosened, and a setting put
+    back finds its verdicts stored (no gate shard, no request)."""
+    ingest_documents(store_settings, sample_dir, tmp_path, 2)
+    store = Store(store_settings)
+    default = overrides_for(store_settings, **{"generation.levels": [1]})
+    strict = {**default, "gate.max_chars": 20}  # every scripted question is longer
+
+    def run(overrides: dict) -> tuple[ScriptedEngine, pl.DataFrame]:
+        engine = engine_for(store_settings, PipelineResponder(), overrides)
+        synthesize_flow(store=store_settings.url, overrides=overrides)
+        settings = load_settings(overrides=overrides, store=store_settings.url)
+        run_dedup(store, settings, "run-dedup")
+        return engine, curated_dataset(store, gate_version=counted_gate_version(settings),
+                                       require_decontamination=False)
+
+    _, exported = run(strict)
+    questions = store.read_table("questions")["question_id"].to_list()
+    gate = store.read_table("curation").filter(pl.col("check_name") == "question_gate")
+    assert questions and gate.height == len(questions) and set(gate["detail"]) == {"too_long"}
+    assert store.read_table("answers").height == 0 and exported.height == 0
+
+    engine, exported = run(default)
+    gate = store.read_table("curation").filter(pl.col("check_name") == "question_gate")
+    assert gate.height == 2 * len(questions)  # checked again under the settings in force
+    assert sorted(store.read_table("answers")["question_id"]) == sorted(questions)
+    assert engine.calls == len(questions) and sorted(exported["question_id"]) == sorted(questions)
+
+    engine, exported = run(strict)  # put back: its verdicts are stored, and they count again
+    assert store.read_table("curation").filter(pl.col("check_name") == "question_gate").height == 2 * len(questions)
+    assert engine.calls == 0 and exported.height == 0
 
 
 def test_raising_max_tokens_reasks_only_the_truncated_items(

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from synthllm.resources import read_sql
 from synthllm.settings import Settings
+from synthllm.stages.question_gate import counted_gate_version
 from synthllm.store import Store
 
 EXPORT_FORMATS = ("parquet", "jsonl")
@@ -37,11 +38,13 @@ def check_export_request(name: str, formats: Sequence[str]) -> list[str]:
     return [f for f in EXPORT_FORMATS if f in formats]
 
 
-def curated_dataset(store: Store, min_agreement: float = 0.0, require_decontamination: bool = True) -> pl.DataFrame:
-    """Questions kept by every check, each with its answer (sql/curated_dataset.sql)."""
+def curated_dataset(store: Store, *, gate_version: str | None, min_agreement: float = 0.0,
+                    require_decontamination: bool = True) -> pl.DataFrame:
+    """Questions kept by every check, each with its answer (sql/curated_dataset.sql); of the
+    question gate's verdicts only ``gate_version``'s count (``counted_gate_version``)."""
     return store.query(
         read_sql("curated_dataset.sql"),
-        [min_agreement, require_decontamination],
+        [min_agreement, require_decontamination, gate_version],
         tables=["questions", "answers", "curation"],
     )
 
@@ -75,10 +78,11 @@ FUNNEL_STEPS = {
 }
 
 
-def funnel_rows(store: Store, min_agreement: float, require_decontamination: bool) -> pl.DataFrame:
+def funnel_rows(store: Store, min_agreement: float, require_decontamination: bool,
+                gate_version: str | None) -> pl.DataFrame:
     """Questions per (step, reason, level): where each generated question left the funnel."""
     status = store.query(
-        read_sql("curation_status.sql"), [require_decontamination, min_agreement],
+        read_sql("curation_status.sql"), [require_decontamination, min_agreement, gate_version],
         tables=["questions", "curation", "answers"],
     )
     return status.group_by("step", "reason", "level").len("questions")
@@ -119,8 +123,8 @@ def contamination_by_benchmark(store: Store, benchmarks: Sequence[str]) -> dict[
     return {**dict.fromkeys(names, 0), **{name: int(n) for name, n in counts.items()}}
 
 
-def check_counts(store: Store) -> list[dict[str, Any]]:
-    return store.query(read_sql("curation_checks.sql"), tables=["curation"]).to_dicts()
+def check_counts(store: Store, gate_version: str | None) -> list[dict[str, Any]]:
+    return store.query(read_sql("curation_checks.sql"), [gate_version], tables=["curation"]).to_dicts()
 
 
 def _write(store: Store, path: str, frame: pl.DataFrame, file_format: str) -> None:
@@ -241,7 +245,9 @@ def export_dataset(store: Store, settings: Settings, name: str, formats: Sequenc
     formats = check_export_request(name, formats)
     min_agreement = settings.answer.min_agreement
     require_decontamination = bool(settings.curation.benchmarks)
-    dataset = curated_dataset(store, min_agreement, require_decontamination)
+    gate_version = counted_gate_version(settings)
+    dataset = curated_dataset(store, gate_version=gate_version, min_agreement=min_agreement,
+                              require_decontamination=require_decontamination)
     layouts = {"plain": dataset, "sft": sft_records(dataset)}
     written = []
     for layout, frame in layouts.items():
@@ -255,9 +261,9 @@ def export_dataset(store: Store, settings: Settings, name: str, formats: Sequenc
     curation_run = json.loads(store.read_bytes(store.path(CURATION_SUMMARY))) if store.exists(store.path(CURATION_SUMMARY)) else {}
     if not curation_run:
         curation_run = {"settings": settings.curation.model_dump(mode="json")}
-    funnel = funnel_rows(store, min_agreement, require_decontamination)
+    funnel = funnel_rows(store, min_agreement, require_decontamination, gate_version)
     contamination = contamination_by_benchmark(store, curation_run["settings"].get("benchmarks", []))
-    card = dataset_card(name, dataset, formats, funnel, check_counts(store), curation_run, contamination)
+    card = dataset_card(name, dataset, formats, funnel, check_counts(store, gate_version), curation_run, contamination)
     card_path = store.path("exports", name, "README.md")
     store.write_text(card_path, card)
     return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from synthllm.plans import ShardPlan, fetch_rows, fetch_source
-from synthllm.question_checks import RULES_VERSION, check_questions
+from synthllm.question_checks import RULES_VERSION, check_questions, verdict_version
 from synthllm.runs import Failure
 from synthllm.settings import Settings
 from synthllm.stages.base import PlanState, Provenance, RuleStage, ShardInputs, Stage
@@ -25,6 +25,12 @@ def gate_row(question_id: str, check_name: str, reason: str | None, origin: Prov
             "score": score, "detail": reason, "prompt_version": origin.prompt_version, "model": origin.model}
 
 
+def counted_gate_version(settings: Settings) -> str | None:
+    """The only gate verdicts that count downstream (judge, answers, dedup, export, funnel): those
+    of the rules and settings in force; None with the gate off, when no gate verdict counts."""
+    return QuestionGateStage().version(settings) if settings.gate.enabled else None
+
+
 class QuestionGateStage(RuleStage):
     name = GATE_CHECK
     rules_version = RULES_VERSION
@@ -38,11 +44,15 @@ class QuestionGateStage(RuleStage):
     def enabled(self, settings: Settings) -> bool:
         return settings.gate.enabled
 
+    def version(self, settings: Settings) -> str:
+        """The rules and the gate settings in force (``question_checks.verdict_version``)."""
+        return verdict_version(settings.gate, self.rules_version)
+
     def shard_size(self, settings: Settings) -> int:
         return settings.gate.shard_size
 
     def plan_key(self, settings: Settings) -> dict[str, Any]:
-        return {"version": self.rules_version, "gate": settings.gate.model_dump(mode="json")}
+        return {"version": self.version(settings), "gate": settings.gate.model_dump(mode="json")}
 
     def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
         return store.query("SELECT question_id FROM questions ORDER BY level, question_id",
