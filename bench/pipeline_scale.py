@@ -159,18 +159,25 @@ def record_shards() -> list[dict[str, Any]]:
     return recorded
 
 
-def task_runs(flow_run_id) -> list[Any]:
+def task_runs(flow_run_id, expected: int) -> list[Any]:
+    """The flow run's task runs once ``expected`` of them have ended: the API records states in
+    batches, flushed within ``PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL`` (1 s)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    runs: list[Any] = []
+    deadline = time.monotonic() + 10
     with get_client(sync_client=True) as client:
         while True:
-            page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                         limit=200, offset=len(runs))
-            runs += page
-            if len(page) < 200:
+            runs: list[Any] = []
+            while True:
+                page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                             limit=200, offset=len(runs))
+                runs += page
+                if len(page) < 200:
+                    break
+            if sum(run.end_time is not None for run in runs) >= expected or time.monotonic() > deadline:
                 return runs
+            time.sleep(0.5)
 
 
 def shard_figures(runs: list[Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
@@ -299,7 +306,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         "phases": phases.figures,
         "total_wall_s": round(sum(p["wall_s"] for p in phases.figures.values()), 2),
         "total_cpu_s": round(sum(p["cpu_s"] for p in phases.figures.values()), 2),
-        **shard_figures(task_runs(state.state_details.flow_run_id), shards),
+        **shard_figures(task_runs(state.state_details.flow_run_id, len(shards)), shards),
         "quiet_read_s_median": quiet_reads(store, overrides),
         "store_files": store_files(Path(store)),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

@@ -15,10 +15,10 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from synthllm.commands.options import ConfigOption, SetOption, StoreOption
-from synthllm.commands.server import use_running_server
+from synthllm.commands.server import default_server_environment, use_running_server
 from synthllm.settings import SettingsError
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+default_server_environment()
 # A fresh ephemeral API migrates its SQLite database first: slow on a busy 2-core laptop.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # Third-party progress bars (transformers' "Loading weights", hub downloads) would garble the

@@ -17,6 +17,7 @@ from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from synthllm.commands.server import default_server_environment
 from synthllm.engines.base import EngineAuthError, RunStopped
 from synthllm.ingest import IngestError, TransientReadError
 from synthllm.runs import freeze_startup_objects
@@ -24,7 +25,7 @@ from synthllm.settings import Settings, SettingsError, settings_from_payload
 from synthllm.stages.runner import ShardSummary
 from synthllm.store import Store, stable_hash
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+default_server_environment()
 
 # The run id only labels rows; it must not change a task's cache key.
 SHARD_CACHE_POLICY = INPUTS - "run_id" + TASK_SOURCE

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import command_env
 from test_curation import curated_store  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
@@ -133,6 +134,22 @@ class _Health(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+def test_a_temporary_api_batches_task_run_writes_unless_the_user_set_otherwise(tmp_path) -> None:
+    """The temporary API of a run without a server writes task-run states in batches (one
+    transaction per state was most of its CPU); a value in the user's environment wins."""
+    probe = ("import json, tasks.common\n"
+             "from prefect.client.orchestration import get_client\n"
+             "with get_client(sync_client=True) as client:\n"
+             "    print(json.dumps(client._client.get('/admin/settings').json()['server']['services']"
+             "['task_run_recorder']))")
+    env = {key: value for key, value in command_env(tmp_path / "home").items() if key not in server.SERVER_ENV}
+    env["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] = "7"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300, check=True)
+    recorder = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (recorder["batch_size"], recorder["read_batch_size"], recorder["flush_interval"]) == (7, 100, 1.0)
 
 
 def test_commands_reuse_a_recorded_running_server(tmp_path, monkeypatch) -> None:

@@ -29,6 +29,24 @@ console = Console()
 
 RECORD_NAME = "synthllm-server.json"
 
+# For a Prefect server that synthllm starts: ``synthllm server start``, or the temporary API of a
+# run without PREFECT_API_URL (it inherits this process's environment). Its task-run recorder
+# writes one transaction per task-run state unless told to batch: about 60 % of the API's CPU in a
+# 10k-document Dask run, 40 % less with batches (docs/orchestration.md). A state reaches the UI
+# within ``FLUSH_INTERVAL`` seconds. Values the user set win.
+SERVER_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+}
+
+
+def default_server_environment() -> None:
+    """Put ``SERVER_ENV`` into this process's environment where the user has not set a value."""
+    for name, value in SERVER_ENV.items():
+        os.environ.setdefault(name, value)
+
 
 def prefect_home() -> Path:
     return Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
@@ -95,7 +113,7 @@ def start_server(host: str = "127.0.0.1", port: int | None = None, wait_s: float
     home.mkdir(parents=True, exist_ok=True)
     log = home / "synthllm-server.log"
     # the UI asks the server for its API address: without these it would point at port 4200
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": host,
+    env = {**SERVER_ENV, **os.environ, "PREFECT_SERVER_API_HOST": host,
            "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": f"http://{host}:{port}/api"}
     env.pop("PREFECT_API_URL", None)
     with log.open("ab") as out:
