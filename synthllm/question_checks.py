@@ -24,7 +24,6 @@ RULES_VERSION = "question_rules@1"
 NOT_VERDICT_SETTINGS = frozenset({"enabled", "shard_size", "judge_enabled", "judge_threshold", "judge_sampling"})
 
 
-
 def verdict_version(gate: GateSettings, code_version: str = RULES_VERSION) -> str:
     """What gate rows carry as ``prompt_version``: the rule code's version and a digest of the
     settings the verdicts depend on. Coverage is per version, so tightening ``gate.min_concepts``

@@ -32,7 +32,7 @@ RECORD_NAME = "synthllm-server.json"
 # For a Prefect server that synthllm starts: ``synthllm server start``, or the temporary API of a
 # run without PREFECT_API_URL (it inherits this process's environment). Its task-run recorder
 # writes one transaction per task-run state unless told to batch: about 60 % of the API's CPU in a
-# 10k-document Dask run, 40 % less with batches (docs/orchestration.md). A state reaches the UI
+# 10k-document Dask run, about half as much CPU with batches (docs/orchestration.md). A state reaches the UI
 # within ``FLUSH_INTERVAL`` seconds. Values the user set win.
 SERVER_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
