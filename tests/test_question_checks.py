@@ -10,6 +10,7 @@ from synthllm.question_checks import (
     HEADER,
     NO_TASK,
     NOT_SELF_CONTAINED,
+    NOT_VERDICT_SETTINGS,
     REASONS,
     REPETITION,
     SINGLE_TOPIC,
@@ -18,6 +19,7 @@ from synthllm.question_checks import (
     TOO_SHORT,
     check_question,
     check_questions,
+    verdict_version,
 )
 from synthllm.settings import GateSettings, load_settings
 
@@ -173,3 +175,17 @@ def test_missing_material_prefilter_keeps_every_regex_match() -> None:
              "the Aforementioned limit", "described earlier", "the following Essay", "Find x.", *GOOD]
     for text in texts:
         assert _refers_to_missing_material(text) == bool(_NOT_SELF_CONTAINED.search(text)), text
+
+
+def test_the_gate_version_follows_every_rule_setting_and_nothing_else() -> None:
+    """A setting a verdict depends on gives a new version (so the gate checks every question
+    again); shard size, on/off and the judge's settings do not (no needless re-check)."""
+    base = verdict_version(GateSettings())
+    changed = {"min_chars": 20, "max_chars": 2000, "max_repeats": 4, "min_concepts": 3, "min_topics": 3}
+    assert set(changed) | NOT_VERDICT_SETTINGS == set(GateSettings.model_fields)
+    for name, value in changed.items():
+        assert verdict_version(GateSettings(**{name: value})) != base, name
+    for name, value in {"enabled": False, "shard_size": 7, "judge_enabled": True, "judge_threshold": 8.0,
+                        "judge_sampling": {"temperature": 0.5}}.items():
+        assert verdict_version(GateSettings(**{name: value})) == base, name
+    assert verdict_version(GateSettings(), "question_rules@2") != base
