@@ -1,9 +1,11 @@
--- Questions to answer: every question no gate turned down. $1: the rule gate's version in force
--- (NULL with the gate off): verdicts of other rules or settings do not count. The LLM judge's do.
+-- Questions to answer: every question no gate turned down. Only the verdicts in force count
+-- (stages/question_gate.py, Verdicts): $1 the rule gate's version, $2 the LLM judge's threshold,
+-- held against its stored scores; NULL where that check is off.
 SELECT question_id
 FROM questions
 WHERE question_id NOT IN (
     SELECT question_id FROM curation
-    WHERE NOT kept AND (check_name = 'llm_judge' OR (check_name = 'question_gate' AND prompt_version = $1))
+    WHERE (check_name = 'question_gate' AND prompt_version = $1 AND NOT kept)
+       OR (check_name = 'llm_judge' AND score < $2)
 )
 ORDER BY level, question_id;

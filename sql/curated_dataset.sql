@@ -3,8 +3,9 @@
 -- rejection or without a final answer is unverified and left out.
 -- $1 min_agreement: answers with a lower self-consistency confidence are left out.
 -- $2 require_decontamination: only questions the benchmark checks have seen.
--- $3 the question gate's version in force (NULL with the gate off): verdicts of other gate rules
---    or settings do not count.
+-- $3, $4 the gate's verdicts in force (stages/question_gate.py, Verdicts): the rule gate's version
+--    and the LLM judge's threshold, held against its stored scores; NULL where that check is off,
+--    when none of its rows count (a judge row's comparison is then NULL, which bool_and skips).
 WITH unique_questions AS (
     SELECT *
     FROM questions
@@ -12,7 +13,7 @@ WITH unique_questions AS (
 ),
 checks AS (
     SELECT question_id,
-           bool_and(kept) AS kept,
+           bool_and(CASE check_name WHEN 'llm_judge' THEN score >= $4 ELSE kept END) AS kept,
            bool_or(check_name = 'exact_dup') AS checked,
            bool_or(check_name LIKE 'contamination_%') AS decontaminated
     FROM curation

@@ -1,9 +1,11 @@
 -- Curation checks: questions seen and dropped per check (benchmark NULL), then the questions
--- each benchmark caught (contamination checks only). $1: the question gate's version in force
--- (NULL with the gate off): rows of other gate rules or settings are not counted.
-SELECT check_name, NULL::VARCHAR AS benchmark, count(*) AS questions, count(*) FILTER (WHERE NOT kept) AS dropped
+-- each benchmark caught (contamination checks only). $1, $2: the gate's verdicts in force
+-- (stages/question_gate.py, Verdicts): the rule gate's version and the LLM judge's threshold,
+-- held against its stored scores; NULL where that check is off, when none of its rows count.
+SELECT check_name, NULL::VARCHAR AS benchmark, count(*) AS questions,
+       count(*) FILTER (WHERE CASE check_name WHEN 'llm_judge' THEN score < $2 ELSE NOT kept END) AS dropped
 FROM curation
-WHERE check_name <> 'question_gate' OR prompt_version = $1
+WHERE (check_name <> 'question_gate' OR prompt_version = $1) AND (check_name <> 'llm_judge' OR $2 IS NOT NULL)
 GROUP BY check_name
 UNION ALL
 SELECT check_name, split_part(matched_id, ':', 1) AS benchmark, NULL AS questions, count(*) AS dropped

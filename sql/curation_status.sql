@@ -2,8 +2,10 @@
 -- Steps in order: question_gate (reason code), llm_judge, not_curated (dedup or, with $1
 -- require_decontamination, the benchmark checks have not seen it), exact_dup, near_dup,
 -- contamination (benchmark), other_check, no_answer, unverified_answer (rejection, or no final
--- answer), low_agreement (confidence below $2), exported. $3: the question gate's version in force
--- (NULL with the gate off): verdicts of other gate rules or settings do not count.
+-- answer), low_agreement (confidence below $2), exported. $3, $4: the gate's verdicts in force
+-- (stages/question_gate.py, Verdicts): the rule gate's version and the LLM judge's threshold,
+-- held against its stored scores (reason judge_below_threshold, as the judge writes it); NULL
+-- where that check is off, when none of its rows count (the judge's comparison is then NULL).
 WITH unique_questions AS (
     SELECT question_id, level
     FROM questions
@@ -14,7 +16,7 @@ checks AS (
            bool_or(check_name = 'exact_dup') AS checked,
            bool_or(check_name LIKE 'contamination_%') AS decontaminated,
            min(detail) FILTER (WHERE NOT kept AND check_name = 'question_gate') AS gate_reason,
-           min(detail) FILTER (WHERE NOT kept AND check_name = 'llm_judge') AS judge_reason,
+           min('judge_below_threshold') FILTER (WHERE check_name = 'llm_judge' AND score < $4) AS judge_reason,
            bool_or(NOT kept AND check_name = 'exact_dup') AS exact_dup,
            bool_or(NOT kept AND check_name = 'near_dup') AS near_dup,
            arg_min(split_part(matched_id, ':', 1), check_name)

@@ -26,7 +26,7 @@ from synthllm.settings import load_settings
 from synthllm.stages.answer import AnswerStage
 from synthllm.stages.base import PlanState
 from synthllm.stages.llm_judge import LLMJudgeStage
-from synthllm.stages.question_gate import counted_gate_version
+from synthllm.stages.question_gate import verdicts_in_force
 from synthllm.store import Store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
@@ -104,7 +104,7 @@ def _later_answer(question_id: str, **columns) -> dict:
 
 def _curated(store: Store, settings, **options) -> pl.DataFrame:
     """The export's rows under ``settings``' gate."""
-    return curated_dataset(store, gate_version=counted_gate_version(settings), **options)
+    return curated_dataset(store, verdicts=verdicts_in_force(settings), **options)
 
 
 def _by_check(rows: pl.DataFrame, check: str) -> dict[str, dict]:
@@ -161,7 +161,7 @@ def curated_store(store_url: str) -> tuple[Store, object]:
         "curation",
         "gate-q-shard-b",
         [{"question_id": "qb-5", "check_name": "question_gate", "kept": False, "matched_id": None, "score": None,
-          "detail": "header_like", "prompt_version": counted_gate_version(settings), "model": "rules",
+          "detail": "header_like", "prompt_version": verdicts_in_force(settings).gate_version, "model": "rules",
           "shard_id": "gate-q-shard-b", "run_id": "run-gate"}],
     )
     answered = ["qa-1", "qa-2", "qa-3", "qa-4", "qb-1", "qb-2", "qb-3", "qb-5", "qb-6", "qb-7"]
@@ -347,7 +347,7 @@ def test_only_the_verdicts_of_the_gate_in_force_count(curated_store) -> None:
         return {"question_id": question_id, "check_name": "question_gate", "kept": reason is None, "matched_id": None,
                 "score": None, "detail": reason, "prompt_version": version, "model": "rules"}
 
-    in_force, old = counted_gate_version(settings), "question_rules@0+00000000"
+    in_force, old = verdicts_in_force(settings).gate_version, "question_rules@0+00000000"
     store.write_shard("curation", "gate-more", [gate_row("qa-4", "too_long", old), gate_row("qa-1", None, old),
                                                  gate_row("qa-2", None, in_force)])
     judged = load_settings(overrides={"gate.judge_enabled": True}, store=store.url)
@@ -356,15 +356,44 @@ def test_only_the_verdicts_of_the_gate_in_force_count(curated_store) -> None:
     exported = _curated(store, settings)["question_id"].to_list()
     assert "qa-4" in exported and "qb-5" not in exported
     assert "qa-4" in AnswerStage().candidates(store, settings, PlanState())
-    gate = [c for c in check_counts(store, in_force) if c["check_name"] == "question_gate"]
+    gate = [c for c in check_counts(store, verdicts_in_force(settings)) if c["check_name"] == "question_gate"]
     assert [(c["questions"], c["dropped"]) for c in gate] == [(2, 1)]
-    assert curation_funnel(funnel_rows(store, 0.0, True, in_force))["question_gate"] == 1
+    assert curation_funnel(funnel_rows(store, 0.0, True, verdicts_in_force(settings)))["question_gate"] == 1
 
     gate_off = load_settings(overrides={"gate.enabled": False}, store=store.url)
-    assert counted_gate_version(gate_off) is None
+    assert verdicts_in_force(gate_off).gate_version is None
     assert {"qa-4", "qb-5"} <= set(AnswerStage().candidates(store, gate_off, PlanState()))
     run_dedup(store, gate_off, "run-off")
     assert "qb-5" in _curated(store, gate_off)["question_id"].to_list()
+
+
+def test_the_judges_stored_scores_meet_the_threshold_in_force(curated_store) -> None:
+    """Raising or lowering ``gate.judge_threshold`` decides again from the scores stored (no new
+    request), and with the judge off its verdicts drop nothing."""
+    store, settings = curated_store
+    store.write_shard("curation", "judge-a", [
+        {"question_id": qid, "check_name": "llm_judge", "kept": score >= 6, "matched_id": None, "score": score,
+         "detail": None if score >= 6 else "judge_below_threshold", "prompt_version": "judge_question@1",
+         "model": "judge-model"} for qid, score in (("qa-4", 7.0), ("qb-2", 3.0))])
+
+    def seen_with(**judge) -> tuple[list[str], list[str], dict[str, int], dict[str, int]]:
+        at = load_settings(overrides={f"gate.{k}": v for k, v in judge.items()}, store=store.url)
+        run_dedup(store, at, "run-c")
+        counts = {c["check_name"]: c["dropped"] for c in check_counts(store, verdicts_in_force(at)) if not c["benchmark"]}
+        return (_curated(store, at)["question_id"].to_list(), AnswerStage().candidates(store, at, PlanState()),
+                curation_funnel(funnel_rows(store, 0.0, True, verdicts_in_force(at))), counts)
+
+    _curate(store, settings)
+    exported, answerable, funnel, dropped = seen_with(judge_enabled=True, judge_threshold=6)
+    assert "qa-4" in exported and "qb-2" not in exported and "qb-2" not in answerable
+    assert funnel["llm_judge"] == 1 and dropped["llm_judge"] == 1
+    exported, answerable, funnel, dropped = seen_with(judge_enabled=True, judge_threshold=7.5)
+    assert "qa-4" not in exported and "qa-4" not in answerable
+    assert funnel["llm_judge"] == 2 and dropped["llm_judge"] == 2
+    exported, answerable, funnel, dropped = seen_with(judge_enabled=True, judge_threshold=3)
+    assert {"qa-4", "qb-2"} <= set(exported) and {"qa-4", "qb-2"} <= set(answerable) and funnel["llm_judge"] == 0
+    exported, answerable, funnel, dropped = seen_with(judge_enabled=False, judge_threshold=9)
+    assert {"qa-4", "qb-2"} <= set(exported) and funnel["llm_judge"] == 0 and "llm_judge" not in dropped
 
 
 # ----------------------------------------------------------------------------- diversity report

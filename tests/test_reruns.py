@@ -17,7 +17,7 @@ from synthllm.engines.scripted import ScriptedEngine
 from synthllm.ingest import expand_sources, ingest_file
 from synthllm.runs import Failure, clear_failures, failure_rows
 from synthllm.settings import StoreSettings, load_settings
-from synthllm.stages.question_gate import QuestionGateStage, counted_gate_version
+from synthllm.stages.question_gate import QuestionGateStage, verdicts_in_force
 from synthllm.store import Store
 
 BASE = {"filter.enabled": False, "generation.shard_size": 4, "engine.cache_flush_every": 1, "graph.epochs": 2,
@@ -170,7 +170,7 @@ def test_a_changed_gate_setting_checks_every_question_again_and_decides_answers_
         synthesize_flow(store=store_settings.url, overrides=overrides)
         settings = load_settings(overrides=overrides, store=store_settings.url)
         run_dedup(store, settings, "run-dedup")
-        return engine, curated_dataset(store, gate_version=counted_gate_version(settings),
+        return engine, curated_dataset(store, verdicts=verdicts_in_force(settings),
                                        require_decontamination=False)
 
     _, exported = run(strict)
@@ -289,6 +289,39 @@ def test_the_llm_judge_drops_low_scored_questions_before_answers(
     assert judged.filter(pl.col("kept"))["score"].min() >= 6 and judged.filter(~pl.col("kept")).height > 0
     assert set(store.read_table("answers")["question_id"]) == set(judged.filter(pl.col("kept"))["question_id"])
     assert {s["stage"] for s in summary["stages"]} >= {"question_gate", "llm_judge", "answer"}
+
+
+def test_a_lowered_judge_threshold_answers_the_questions_it_now_keeps_without_judging_again(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path) -> None:
+    """The judge's stored scores meet the threshold in force: lowering it asks only for the answers
+    of the questions it now keeps, and no question is judged twice."""
+    ingest_documents(store_settings, sample_dir, tmp_path, 2)
+    store = Store(store_settings)
+    healthy, judged = PipelineResponder(), []
+
+    def responder(request):
+        if "well_posed" in json.dumps(request.json_schema or {}):
+            judged.append(request.messages[-1]["content"])
+            score = 9 if "9" in request.messages[-1]["content"] else 2
+            return json.dumps({"self_contained": 5, "well_posed": 4, "reasoning": 3, "clarity": 4, "score": score,
+                               "reason": "ok"})
+        return healthy(request)
+
+    def run(threshold: float) -> ScriptedEngine:
+        overrides = overrides_for(store_settings, **{"generation.levels": [1], "gate.judge_enabled": True,
+                                                     "gate.judge_threshold": threshold})
+        engine = engine_for(store_settings, responder, overrides)
+        synthesize_flow(store=store_settings.url, overrides=overrides)
+        return engine
+
+    run(6)
+    scores = store.read_table("curation").filter(pl.col("check_name") == "llm_judge")
+    low = set(scores.filter(pl.col("score") < 6)["question_id"])
+    assert low and set(store.read_table("answers")["question_id"]).isdisjoint(low)
+    asked_before = len(judged)
+    engine = run(1)
+    assert len(judged) == asked_before and engine.calls == len(low)  # only the answers
+    assert low <= set(store.read_table("answers")["question_id"])
 
 
 def test_a_run_whose_lease_was_taken_submits_no_more_shards_of_that_stage(

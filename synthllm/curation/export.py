@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from synthllm.resources import read_sql
 from synthllm.settings import Settings
-from synthllm.stages.question_gate import counted_gate_version
+from synthllm.stages.question_gate import Verdicts, verdicts_in_force
 from synthllm.store import Store
 
 EXPORT_FORMATS = ("parquet", "jsonl")
@@ -38,13 +38,13 @@ def check_export_request(name: str, formats: Sequence[str]) -> list[str]:
     return [f for f in EXPORT_FORMATS if f in formats]
 
 
-def curated_dataset(store: Store, *, gate_version: str | None, min_agreement: float = 0.0,
+def curated_dataset(store: Store, *, verdicts: Verdicts, min_agreement: float = 0.0,
                     require_decontamination: bool = True) -> pl.DataFrame:
     """Questions kept by every check, each with its answer (sql/curated_dataset.sql); of the
-    question gate's verdicts only ``gate_version``'s count (``counted_gate_version``)."""
+    gate's verdicts only ``verdicts`` count (``verdicts_in_force``)."""
     return store.query(
         read_sql("curated_dataset.sql"),
-        [min_agreement, require_decontamination, gate_version],
+        [min_agreement, require_decontamination, *verdicts],
         tables=["questions", "answers", "curation"],
     )
 
@@ -79,10 +79,10 @@ FUNNEL_STEPS = {
 
 
 def funnel_rows(store: Store, min_agreement: float, require_decontamination: bool,
-                gate_version: str | None) -> pl.DataFrame:
+                verdicts: Verdicts) -> pl.DataFrame:
     """Questions per (step, reason, level): where each generated question left the funnel."""
     status = store.query(
-        read_sql("curation_status.sql"), [require_decontamination, min_agreement, gate_version],
+        read_sql("curation_status.sql"), [require_decontamination, min_agreement, *verdicts],
         tables=["questions", "curation", "answers"],
     )
     return status.group_by("step", "reason", "level").len("questions")
@@ -123,8 +123,8 @@ def contamination_by_benchmark(store: Store, benchmarks: Sequence[str]) -> dict[
     return {**dict.fromkeys(names, 0), **{name: int(n) for name, n in counts.items()}}
 
 
-def check_counts(store: Store, gate_version: str | None) -> list[dict[str, Any]]:
-    return store.query(read_sql("curation_checks.sql"), [gate_version], tables=["curation"]).to_dicts()
+def check_counts(store: Store, verdicts: Verdicts) -> list[dict[str, Any]]:
+    return store.query(read_sql("curation_checks.sql"), list(verdicts), tables=["curation"]).to_dicts()
 
 
 def _write(store: Store, path: str, frame: pl.DataFrame, file_format: str) -> None:
@@ -245,8 +245,8 @@ def export_dataset(store: Store, settings: Settings, name: str, formats: Sequenc
     formats = check_export_request(name, formats)
     min_agreement = settings.answer.min_agreement
     require_decontamination = bool(settings.curation.benchmarks)
-    gate_version = counted_gate_version(settings)
-    dataset = curated_dataset(store, gate_version=gate_version, min_agreement=min_agreement,
+    verdicts = verdicts_in_force(settings)
+    dataset = curated_dataset(store, verdicts=verdicts, min_agreement=min_agreement,
                               require_decontamination=require_decontamination)
     layouts = {"plain": dataset, "sft": sft_records(dataset)}
     written = []
@@ -261,9 +261,9 @@ def export_dataset(store: Store, settings: Settings, name: str, formats: Sequenc
     curation_run = json.loads(store.read_bytes(store.path(CURATION_SUMMARY))) if store.exists(store.path(CURATION_SUMMARY)) else {}
     if not curation_run:
         curation_run = {"settings": settings.curation.model_dump(mode="json")}
-    funnel = funnel_rows(store, min_agreement, require_decontamination, gate_version)
+    funnel = funnel_rows(store, min_agreement, require_decontamination, verdicts)
     contamination = contamination_by_benchmark(store, curation_run["settings"].get("benchmarks", []))
-    card = dataset_card(name, dataset, formats, funnel, check_counts(store, gate_version), curation_run, contamination)
+    card = dataset_card(name, dataset, formats, funnel, check_counts(store, verdicts), curation_run, contamination)
     card_path = store.path("exports", name, "README.md")
     store.write_text(card_path, card)
     return {

@@ -21,7 +21,7 @@ from synthllm.curation.export import CURATION_SUMMARY, contamination_by_benchmar
 from synthllm.resources import read_sql
 from synthllm.runs import utcnow
 from synthllm.settings import Settings
-from synthllm.stages.question_gate import counted_gate_version
+from synthllm.stages.question_gate import verdicts_in_force
 from synthllm.store import Store
 
 DEDUP_SHARD = "dedup-all"
@@ -44,7 +44,7 @@ def _remove_shard(store: Store, shard_id: str) -> None:
 
 def run_dedup(store: Store, settings: Settings, run_id: str) -> dict[str, int]:
     """Exact and near-duplicates over every question of every level and run."""
-    questions = store.query(read_sql("curation_dedup_input.sql"), [counted_gate_version(settings)],
+    questions = store.query(read_sql("curation_dedup_input.sql"), list(verdicts_in_force(settings)),
                             tables=["questions", "curation"])
     if questions.is_empty():
         _remove_shard(store, DEDUP_SHARD)

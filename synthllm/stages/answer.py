@@ -16,7 +16,7 @@ from synthllm.runs import Failure, utcnow
 from synthllm.settings import AnswerSettings, EngineSettings, SamplingSettings, Settings
 from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs, Stage
 from synthllm.stages.common import make_request, request_seed, written_ids
-from synthllm.stages.question_gate import counted_gate_version
+from synthllm.stages.question_gate import verdicts_in_force
 from synthllm.store import Store
 
 
@@ -43,7 +43,7 @@ class AnswerStage(LLMStage):
         return settings.filter.domain
 
     def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
-        return store.query(read_sql("answer_candidates.sql"), [counted_gate_version(settings)],
+        return store.query(read_sql("answer_candidates.sql"), list(verdicts_in_force(settings)),
                            tables=["questions", "curation"])["question_id"].to_list()
 
     def streamed_items(self, store: Store, settings: Settings, state: PlanState, upstream: Stage,

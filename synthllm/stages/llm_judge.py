@@ -12,7 +12,7 @@ from synthllm.runs import Failure
 from synthllm.settings import SamplingSettings, Settings
 from synthllm.stages.base import LLMStage, PlanState, Provenance, ShardInputs, Stage
 from synthllm.stages.common import make_request, request_seed, written_ids
-from synthllm.stages.question_gate import GATE_CHECK, counted_gate_version, gate_row
+from synthllm.stages.question_gate import GATE_CHECK, gate_row, verdicts_in_force
 from synthllm.store import Store
 
 JUDGE_CHECK = "llm_judge"
@@ -38,7 +38,7 @@ class LLMJudgeStage(LLMStage):
         return [settings.gate.judge_threshold, settings.filter.domain]
 
     def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
-        gate_version = counted_gate_version(settings)
+        gate_version = verdicts_in_force(settings).gate_version
         if gate_version is None:
             return store.query("SELECT question_id FROM questions", tables=["questions"])["question_id"].to_list()
         sql = (f"SELECT question_id FROM curation WHERE check_name = '{GATE_CHECK}' AND kept AND prompt_version = $1 "

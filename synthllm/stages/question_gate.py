@@ -6,7 +6,7 @@ cost no answer request, and the dataset card can count every reason.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from synthllm.plans import ShardPlan, fetch_rows, fetch_source
 from synthllm.question_checks import RULES_VERSION, check_questions, verdict_version
@@ -25,10 +25,20 @@ def gate_row(question_id: str, check_name: str, reason: str | None, origin: Prov
             "score": score, "detail": reason, "prompt_version": origin.prompt_version, "model": origin.model}
 
 
-def counted_gate_version(settings: Settings) -> str | None:
-    """The only gate verdicts that count downstream (judge, answers, dedup, export, funnel): those
-    of the rules and settings in force; None with the gate off, when no gate verdict counts."""
-    return QuestionGateStage().version(settings) if settings.gate.enabled else None
+class Verdicts(NamedTuple):
+    """The gate verdicts that count downstream (judge, answers, dedup, export, funnel, card), as
+    SQL parameters: the rule gate's version in force, and the judge's threshold in force (its
+    stored scores are held against it, so a new threshold needs no new request). None where that
+    check is off: then none of its verdicts count."""
+
+    gate_version: str | None
+    judge_threshold: float | None
+
+
+def verdicts_in_force(settings: Settings) -> Verdicts:
+    gate = settings.gate
+    return Verdicts(QuestionGateStage().version(settings) if gate.enabled else None,
+                    gate.judge_threshold if gate.judge_enabled else None)
 
 
 class QuestionGateStage(RuleStage):
