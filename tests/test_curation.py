@@ -24,9 +24,9 @@ from synthllm.curation.stages import (
 )
 from synthllm.settings import load_settings
 from synthllm.stages.answer import AnswerStage
-from synthllm.stages.base import PlanState
-from synthllm.stages.llm_judge import LLMJudgeStage
-from synthllm.stages.question_gate import verdicts_in_force
+from synthllm.stages.base import PlanState, Provenance
+from synthllm.stages.llm_judge import JUDGE_CHECK, LLMJudgeStage
+from synthllm.stages.question_gate import GATE_CHECK, gate_row, verdicts_in_force
 from synthllm.store import Store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
@@ -160,9 +160,8 @@ def curated_store(store_url: str) -> tuple[Store, object]:
     store.write_shard(
         "curation",
         "gate-q-shard-b",
-        [{"question_id": "qb-5", "check_name": "question_gate", "kept": False, "matched_id": None, "score": None,
-          "detail": "header_like", "prompt_version": verdicts_in_force(settings).gate_version, "model": "rules",
-          "shard_id": "gate-q-shard-b", "run_id": "run-gate"}],
+        [gate_row("qb-5", GATE_CHECK, "header_like", Provenance.of(verdicts_in_force(settings).gate_version, "rules"))
+         | {"shard_id": "gate-q-shard-b", "run_id": "run-gate"}],
     )
     answered = ["qa-1", "qa-2", "qa-3", "qa-4", "qb-1", "qb-2", "qb-3", "qb-5", "qb-6", "qb-7"]
     # qb-7's answer has no final answer (and no rejection code): not verified either
@@ -343,13 +342,11 @@ def test_only_the_verdicts_of_the_gate_in_force_count(curated_store) -> None:
     """A rejection under other gate rules or settings drops nothing (the gate checks every question
     again under a new version), and with the gate off no gate verdict drops a question."""
     store, settings = curated_store
-    def gate_row(question_id: str, reason: str | None, version: str) -> dict:
-        return {"question_id": question_id, "check_name": "question_gate", "kept": reason is None, "matched_id": None,
-                "score": None, "detail": reason, "prompt_version": version, "model": "rules"}
-
-    in_force, old = verdicts_in_force(settings).gate_version, "question_rules@0+00000000"
-    store.write_shard("curation", "gate-more", [gate_row("qa-4", "too_long", old), gate_row("qa-1", None, old),
-                                                 gate_row("qa-2", None, in_force)])
+    in_force = Provenance.of(verdicts_in_force(settings).gate_version, "rules")
+    old = Provenance.of("question_rules@0+00000000", "rules")
+    store.write_shard("curation", "gate-more", [gate_row("qa-4", GATE_CHECK, "too_long", old),
+                                                 gate_row("qa-1", GATE_CHECK, None, old),
+                                                 gate_row("qa-2", GATE_CHECK, None, in_force)])
     judged = load_settings(overrides={"gate.judge_enabled": True}, store=store.url)
     assert LLMJudgeStage().candidates(store, judged, PlanState()) == ["qa-2"]
     _curate(store, settings)
@@ -371,10 +368,10 @@ def test_the_judges_stored_scores_meet_the_threshold_in_force(curated_store) -> 
     """Raising or lowering ``gate.judge_threshold`` decides again from the scores stored (no new
     request), and with the judge off its verdicts drop nothing."""
     store, settings = curated_store
+    judge = Provenance.of("judge_question@1", "judge-model")
     store.write_shard("curation", "judge-a", [
-        {"question_id": qid, "check_name": "llm_judge", "kept": score >= 6, "matched_id": None, "score": score,
-         "detail": None if score >= 6 else "judge_below_threshold", "prompt_version": "judge_question@1",
-         "model": "judge-model"} for qid, score in (("qa-4", 7.0), ("qb-2", 3.0))])
+        gate_row(qid, JUDGE_CHECK, None if score >= 6 else "judge_below_threshold", judge, score=score)
+        for qid, score in (("qa-4", 7.0), ("qb-2", 3.0))])
 
     def seen_with(**judge) -> tuple[list[str], list[str], dict[str, int], dict[str, int]]:
         at = load_settings(overrides={f"gate.{k}": v for k, v in judge.items()}, store=store.url)

@@ -201,4 +201,3 @@ def test_a_pair_at_exactly_the_threshold_is_a_near_duplicate() -> None:
     earlier, later = np.array([0, 1, 0]), np.array([1, 2, 2])
     kept, matched, best = keep_first(3, earlier, later, np.array([0.8, 0.9, 0.79]), threshold=0.8)
     assert kept.tolist() == [True, False, True] and matched.tolist() == [-1, 0, -1] and best[1] == 0.8
-
