@@ -6,6 +6,6 @@ FROM questions
 WHERE question_id NOT IN (
     SELECT question_id FROM curation
     WHERE (check_name = 'question_gate' AND prompt_version = $1 AND NOT kept)
-       OR (check_name = 'llm_judge' AND NOT kept AND ($2 IS NULL OR TRUE))
+       OR (check_name = 'llm_judge' AND score < $2)
 )
 ORDER BY level, question_id;

@@ -17,7 +17,7 @@ checks AS (
            bool_or(check_name = 'exact_dup') AS checked,
            bool_or(check_name LIKE 'contamination_%') AS decontaminated
     FROM curation
-    WHERE check_name <> 'question_gate' OR $3::VARCHAR IS NOT NULL
+    WHERE check_name <> 'question_gate' OR prompt_version = $3
     GROUP BY question_id
 ),
 best_answers AS (
