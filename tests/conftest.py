@@ -17,14 +17,11 @@ SAMPLE_DIR = REPO / "data" / "sample"
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect API (SQLite) for every test that runs flows.
-
-    Flow run heartbeats are off: Prefect's heartbeat thread sleeps in 1 s steps and every flow
-    run's exit joins it, so each in-process flow run would take up to a second longer."""
-    from prefect.settings import temporary_settings
+    """One temporary Prefect API (SQLite) for every test that runs flows. Flow runs send
+    heartbeats, as users' runs do (``tasks.common.end_flow_runs_without_waiting_for_heartbeats``)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings({"flows.heartbeat_frequency": None}):
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 

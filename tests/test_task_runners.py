@@ -1,8 +1,10 @@
-"""What submitting a shard task costs the flow process on a process task runner (Dask, Ray).
+"""What Prefect's runtime costs the flow process: submitting shard tasks to a process task runner
+(Dask, Ray), and ending a flow run.
 
 Every shard is one submit from the flow process, whose CPU the workers share on a small machine:
 ``bench/submit_cost.py`` measures it (prefect-dask's stock runner: about 22 ms a submit; ours: under
-3 ms). These tests pin down the two causes we removed without changing what a task receives.
+3 ms). These tests pin down the two causes we removed without changing what a task receives, and
+the heartbeat wait every flow run's end no longer has.
 """
 
 from __future__ import annotations
@@ -74,3 +76,54 @@ def test_dask_shard_submits_hash_no_arguments(monkeypatch, prefect_harness) -> N
 
     assert two_identical_submits() == ["a:dask", "a:dask", 2]
     assert hashed == []
+
+
+def test_a_flow_run_ends_with_its_work_and_still_sends_heartbeats(monkeypatch, prefect_harness) -> None:
+    """Prefect's flow-run heartbeat thread sleeps in whole-second steps, and a sync flow run's exit
+    joined it: every flow and subflow run ended up to a second after its work (a flow that does
+    nothing took 1.09 s). Here the thread's step never ends on its own, so an exit that joins it
+    takes the join's whole 2 s timeout; one that only tells it to stop returns at once."""
+    import threading
+    import time
+
+    import prefect.flow_engine
+    from prefect import flow
+    from prefect.settings import temporary_settings
+
+    import tasks.common  # noqa: F401 - every flow module imports it, and with it the unjoined heartbeats
+
+    real_time, stepping, released, beats, work_done = (prefect.flow_engine.time, threading.Event(), threading.Event(),
+                                                        [], [])
+
+    class HeldSteps:
+        """``time`` for the flow engine: the heartbeat thread's 1 s steps last until the test ends."""
+
+        def __getattr__(self, name: str):
+            return getattr(real_time, name)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            if threading.current_thread() is threading.main_thread():
+                real_time.sleep(seconds)
+            else:
+                stepping.set()
+                released.wait(30)
+
+    emit = prefect.flow_engine.BaseFlowRunEngine._emit_flow_run_heartbeat
+    monkeypatch.setattr(prefect.flow_engine, "time", HeldSteps())
+    monkeypatch.setattr(prefect.flow_engine.BaseFlowRunEngine, "_emit_flow_run_heartbeat",
+                        lambda engine, *args: beats.append(engine.flow_run.id) or emit(engine, *args))
+
+    @flow
+    def until_the_heartbeat_thread_steps() -> int:
+        stepping.wait(10)
+        work_done.append(time.perf_counter())
+        return len(beats)
+
+    try:
+        with temporary_settings({"flows.heartbeat_frequency": 30}):
+            assert until_the_heartbeat_thread_steps() == 1
+            took = time.perf_counter() - work_done[0]
+    finally:
+        released.set()
+    assert took < 1.5, f"the flow run ended {took:.2f} s after its work: it waited for the heartbeat thread"
