@@ -3,9 +3,9 @@
 -- rejection or without a final answer is unverified and left out.
 -- $1 min_agreement: answers with a lower self-consistency confidence are left out.
 -- $2 require_decontamination: only questions the benchmark checks have seen.
--- $3, $4 the gate's verdicts in force (stages/question_gate.py, Verdicts): the rule gate's version
---    and the LLM judge's threshold, held against its stored scores; NULL where that check is off,
---    when none of its rows count (a judge row's comparison is then NULL, which bool_and skips).
+-- $3-$6 the gate's verdicts in force (stages/question_gate.py, Verdicts): the rule gate's version,
+--    the LLM judge's threshold, held against the stored scores of the judge in force ($5 its
+--    prompt version, $6 its model); NULL where that check is off, when none of its rows count.
 WITH unique_questions AS (
     SELECT *
     FROM questions
@@ -17,7 +17,8 @@ checks AS (
            bool_or(check_name = 'exact_dup') AS checked,
            bool_or(check_name LIKE 'contamination_%') AS decontaminated
     FROM curation
-    WHERE check_name <> 'question_gate' OR prompt_version = $3
+    WHERE (check_name <> 'question_gate' OR prompt_version = $3)
+      AND (check_name <> 'llm_judge' OR (prompt_version = $5 AND model = $6))
     GROUP BY question_id
 ),
 best_answers AS (

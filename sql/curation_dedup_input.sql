@@ -2,12 +2,13 @@
 -- only the columns the content order and the text need. Questions the gate dropped are left out:
 -- a junk question must not be kept in place of a good duplicate. Only the verdicts in force
 -- count (stages/question_gate.py, Verdicts): $1 the rule gate's version, $2 the LLM judge's
--- threshold, held against its stored scores; NULL where that check is off.
+-- threshold, held against the stored scores of the judge in force ($3 its prompt version, $4 its
+-- model); NULL where that check is off.
 SELECT question_id, level, question
 FROM questions
 WHERE question_id NOT IN (
     SELECT question_id FROM curation
     WHERE (check_name = 'question_gate' AND prompt_version = $1 AND NOT kept)
-       OR (check_name = 'llm_judge' AND score < $2)
+       OR (check_name = 'llm_judge' AND prompt_version = $3 AND model = $4 AND score < $2)
 )
 QUALIFY row_number() OVER (PARTITION BY question_id ORDER BY created_at, shard_id) = 1

@@ -2,10 +2,11 @@
 -- Steps in order: question_gate (reason code), llm_judge, not_curated (dedup or, with $1
 -- require_decontamination, the benchmark checks have not seen it), exact_dup, near_dup,
 -- contamination (benchmark), other_check, no_answer, unverified_answer (rejection, or no final
--- answer), low_agreement (confidence below $2), exported. $3, $4: the gate's verdicts in force
--- (stages/question_gate.py, Verdicts): the rule gate's version and the LLM judge's threshold,
--- held against its stored scores (reason judge_below_threshold, as the judge writes it); NULL
--- where that check is off, when none of its rows count (the judge's comparison is then NULL).
+-- answer), low_agreement (confidence below $2), exported. $3-$6: the gate's verdicts in force
+-- (stages/question_gate.py, Verdicts): the rule gate's version, the LLM judge's threshold, held
+-- against the stored scores of the judge in force ($5 its prompt version, $6 its model; reason
+-- judge_below_threshold, as the judge writes it); NULL where that check is off, when none of its
+-- rows count.
 WITH unique_questions AS (
     SELECT question_id, level
     FROM questions
@@ -26,7 +27,8 @@ checks AS (
                  AND check_name NOT LIKE 'contamination_%'
            ) AS other_check
     FROM curation
-    WHERE check_name <> 'question_gate' OR prompt_version = $3
+    WHERE (check_name <> 'question_gate' OR prompt_version = $3)
+      AND (check_name <> 'llm_judge' OR (prompt_version = $5 AND model = $6))
     GROUP BY question_id
 ),
 best_answers AS (

@@ -22,6 +22,7 @@ from synthllm.curation.stages import (
     run_dedup,
     run_diversity_report,
 )
+from synthllm.resources import read_sql
 from synthllm.settings import load_settings
 from synthllm.stages.answer import AnswerStage
 from synthllm.stages.base import PlanState, Provenance
@@ -104,7 +105,7 @@ def _later_answer(question_id: str, **columns) -> dict:
 
 def _curated(store: Store, settings, **options) -> pl.DataFrame:
     """The export's rows under ``settings``' gate."""
-    return curated_dataset(store, verdicts=verdicts_in_force(settings), **options)
+    return curated_dataset(store, verdicts=verdicts_in_force(settings, store), **options)
 
 
 def _by_check(rows: pl.DataFrame, check: str) -> dict[str, dict]:
@@ -160,7 +161,7 @@ def curated_store(store_url: str) -> tuple[Store, object]:
     store.write_shard(
         "curation",
         "gate-q-shard-b",
-        [gate_row("qb-5", GATE_CHECK, "header_like", Provenance.of(verdicts_in_force(settings).gate_version, "rules"))
+        [gate_row("qb-5", GATE_CHECK, "header_like", Provenance.of(verdicts_in_force(settings, store).gate_version, "rules"))
          | {"shard_id": "gate-q-shard-b", "run_id": "run-gate"}],
     )
     answered = ["qa-1", "qa-2", "qa-3", "qa-4", "qb-1", "qb-2", "qb-3", "qb-5", "qb-6", "qb-7"]
@@ -342,7 +343,7 @@ def test_only_the_verdicts_of_the_gate_in_force_count(curated_store) -> None:
     """A rejection under other gate rules or settings drops nothing (the gate checks every question
     again under a new version), and with the gate off no gate verdict drops a question."""
     store, settings = curated_store
-    in_force = Provenance.of(verdicts_in_force(settings).gate_version, "rules")
+    in_force = Provenance.of(verdicts_in_force(settings, store).gate_version, "rules")
     old = Provenance.of("question_rules@0+00000000", "rules")
     store.write_shard("curation", "gate-more", [gate_row("qa-4", GATE_CHECK, "too_long", old),
                                                  gate_row("qa-1", GATE_CHECK, None, old),
@@ -353,12 +354,12 @@ def test_only_the_verdicts_of_the_gate_in_force_count(curated_store) -> None:
     exported = _curated(store, settings)["question_id"].to_list()
     assert "qa-4" in exported and "qb-5" not in exported
     assert "qa-4" in AnswerStage().candidates(store, settings, PlanState())
-    gate = [c for c in check_counts(store, verdicts_in_force(settings)) if c["check_name"] == "question_gate"]
+    gate = [c for c in check_counts(store, verdicts_in_force(settings, store)) if c["check_name"] == "question_gate"]
     assert [(c["questions"], c["dropped"]) for c in gate] == [(2, 1)]
-    assert curation_funnel(funnel_rows(store, 0.0, True, verdicts_in_force(settings)))["question_gate"] == 1
+    assert curation_funnel(funnel_rows(store, 0.0, True, verdicts_in_force(settings, store)))["question_gate"] == 1
 
     gate_off = load_settings(overrides={"gate.enabled": False}, store=store.url)
-    assert verdicts_in_force(gate_off).gate_version is None
+    assert verdicts_in_force(gate_off, store).gate_version is None
     assert {"qa-4", "qb-5"} <= set(AnswerStage().candidates(store, gate_off, PlanState()))
     run_dedup(store, gate_off, "run-off")
     assert "qb-5" in _curated(store, gate_off)["question_id"].to_list()
@@ -368,7 +369,7 @@ def test_the_judges_stored_scores_meet_the_threshold_in_force(curated_store) -> 
     """Raising or lowering ``gate.judge_threshold`` decides again from the scores stored (no new
     request), and with the judge off its verdicts drop nothing."""
     store, settings = curated_store
-    judge = Provenance.of("judge_question@1", "judge-model")
+    judge = judge_in_force(store)
     store.write_shard("curation", "judge-a", [
         gate_row(qid, JUDGE_CHECK, None if score >= 6 else "judge_below_threshold", judge, score=score)
         for qid, score in (("qa-4", 7.0), ("qb-2", 3.0))])
@@ -376,9 +377,9 @@ def test_the_judges_stored_scores_meet_the_threshold_in_force(curated_store) -> 
     def seen_with(**judge) -> tuple[list[str], list[str], dict[str, int], dict[str, int]]:
         at = load_settings(overrides={f"gate.{k}": v for k, v in judge.items()}, store=store.url)
         run_dedup(store, at, "run-c")
-        counts = {c["check_name"]: c["dropped"] for c in check_counts(store, verdicts_in_force(at)) if not c["benchmark"]}
+        counts = {c["check_name"]: c["dropped"] for c in check_counts(store, verdicts_in_force(at, store)) if not c["benchmark"]}
         return (_curated(store, at)["question_id"].to_list(), AnswerStage().candidates(store, at, PlanState()),
-                curation_funnel(funnel_rows(store, 0.0, True, verdicts_in_force(at))), counts)
+                curation_funnel(funnel_rows(store, 0.0, True, verdicts_in_force(at, store))), counts)
 
     _curate(store, settings)
     exported, answerable, funnel, dropped = seen_with(judge_enabled=True, judge_threshold=6)
@@ -391,6 +392,38 @@ def test_the_judges_stored_scores_meet_the_threshold_in_force(curated_store) -> 
     assert {"qa-4", "qb-2"} <= set(exported) and {"qa-4", "qb-2"} <= set(answerable) and funnel["llm_judge"] == 0
     exported, answerable, funnel, dropped = seen_with(judge_enabled=False, judge_threshold=9)
     assert {"qa-4", "qb-2"} <= set(exported) and funnel["llm_judge"] == 0 and "llm_judge" not in dropped
+
+
+def judge_in_force(store: Store) -> Provenance:
+    """What the judge in force writes on its rows: its prompt version and its model."""
+    judged = load_settings(overrides={"gate.judge_enabled": True}, store=store.url)
+    return Provenance.of(LLMJudgeStage().version(judged), LLMJudgeStage().model(store, judged))
+
+
+def test_only_the_scores_of_the_judge_in_force_count(curated_store) -> None:
+    """A new judge (a new prompt version or model) scores every question again; a low score from
+    another judge drops nothing from the answers, the dedup input, the export, the funnel or the
+    card's counts."""
+    store, settings = curated_store
+    judge = judge_in_force(store)
+    others = [Provenance.of("judge_question@0", judge.model), Provenance.of(judge.prompt_version, "another-judge")]
+    store.write_shard("curation", "judge-others", [
+        gate_row(qid, JUDGE_CHECK, "judge_below_threshold", origin, score=1.0)
+        for qid, origin in (("qa-4", others[0]), ("qb-2", others[1]))])
+    store.write_shard("curation", "judge-in-force", [
+        gate_row("qb-2", JUDGE_CHECK, None, judge, score=9.0),
+        gate_row("qa-1", JUDGE_CHECK, "judge_below_threshold", judge, score=2.0)])
+    judged = load_settings(overrides={"gate.judge_enabled": True, "gate.judge_threshold": 6}, store=store.url)
+    verdicts = verdicts_in_force(judged, store)
+    assert (verdicts.judge_version, verdicts.judge_model) == (judge.prompt_version, judge.model)
+    _curate(store, judged)
+    dedup_input = store.query(read_sql("curation_dedup_input.sql"), list(verdicts), tables=["questions", "curation"])
+    for seen in (_curated(store, judged)["question_id"].to_list(),
+                 AnswerStage().candidates(store, judged, PlanState()), dedup_input["question_id"].to_list()):
+        assert {"qa-4", "qb-2"} <= set(seen) and "qa-1" not in seen
+    assert curation_funnel(funnel_rows(store, 0.0, True, verdicts))["llm_judge"] == 1
+    judge_counts = [c for c in check_counts(store, verdicts) if c["check_name"] == JUDGE_CHECK]
+    assert [(c["questions"], c["dropped"]) for c in judge_counts] == [(2, 1)]
 
 
 # ----------------------------------------------------------------------------- diversity report

@@ -170,7 +170,7 @@ def test_a_changed_gate_setting_checks_every_question_again_and_decides_answers_
         synthesize_flow(store=store_settings.url, overrides=overrides)
         settings = load_settings(overrides=overrides, store=store_settings.url)
         run_dedup(store, settings, "run-dedup")
-        return engine, curated_dataset(store, verdicts=verdicts_in_force(settings),
+        return engine, curated_dataset(store, verdicts=verdicts_in_force(settings, store),
                                        require_decontamination=False)
 
     _, exported = run(strict)
@@ -322,6 +322,51 @@ def test_a_lowered_judge_threshold_answers_the_questions_it_now_keeps_without_ju
     engine = run(1)
     assert len(judged) == asked_before and engine.calls == len(low)  # only the answers
     assert low <= set(store.read_table("answers")["question_id"])
+
+
+def test_a_new_judge_scores_every_question_again_and_only_its_scores_count(
+        prefect_harness, store_settings: StoreSettings, sample_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A new judge prompt (or model) scores every question again, and the scores of the judge
+    before it drop nothing: the questions the old judge turned down and the new one keeps are
+    answered and exported. Putting the old judge back asks for nothing."""
+    from synthllm.stages.llm_judge import LLMJudgeStage
+
+    ingest_documents(store_settings, sample_dir, tmp_path, 2)
+    store = Store(store_settings)
+    healthy, judged = PipelineResponder(), []
+    scores = {"judge_question@1": 2, "judge_question@2": 9}
+    version = LLMJudgeStage.version
+
+    def responder(request):
+        if "well_posed" in json.dumps(request.json_schema or {}):
+            judged.append(request.messages[-1]["content"])
+            return json.dumps({"self_contained": 5, "well_posed": 4, "reasoning": 3, "clarity": 4,
+                               "score": scores[current[0]], "reason": "ok"})
+        return healthy(request)
+
+    current = ["judge_question@1"]
+    overrides = overrides_for(store_settings, **{"generation.levels": [1], "gate.judge_enabled": True,
+                                                 "gate.judge_threshold": 6})
+
+    def run(judge_version: str) -> tuple[ScriptedEngine, pl.DataFrame]:
+        current[0] = judge_version
+        monkeypatch.setattr(LLMJudgeStage, "version", lambda self, settings: judge_version)
+        engine = engine_for(store_settings, responder, overrides)
+        synthesize_flow(store=store_settings.url, overrides=overrides)
+        settings = load_settings(overrides=overrides, store=store_settings.url)
+        run_dedup(store, settings, "run-dedup")
+        return engine, curated_dataset(store, verdicts=verdicts_in_force(settings, store), require_decontamination=False)
+
+    assert version(LLMJudgeStage(), None) == "judge_question@1"
+    _, exported = run("judge_question@1")
+    kept_by_rules = kept_questions(store)
+    assert kept_by_rules and store.read_table("answers").height == 0 and exported.height == 0
+    _, exported = run("judge_question@2")
+    assert len(judged) == 2 * len(kept_by_rules)  # every question scored again
+    assert set(store.read_table("answers")["question_id"]) == kept_by_rules
+    assert set(exported["question_id"]) and set(exported["question_id"]) <= kept_by_rules
+    engine, exported = run("judge_question@1")
+    assert engine.calls == 0 and len(judged) == 2 * len(kept_by_rules) and exported.height == 0
 
 
 def test_a_run_whose_lease_was_taken_submits_no_more_shards_of_that_stage(

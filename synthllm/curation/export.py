@@ -245,7 +245,7 @@ def export_dataset(store: Store, settings: Settings, name: str, formats: Sequenc
     formats = check_export_request(name, formats)
     min_agreement = settings.answer.min_agreement
     require_decontamination = bool(settings.curation.benchmarks)
-    verdicts = verdicts_in_force(settings)
+    verdicts = verdicts_in_force(settings, store)
     dataset = curated_dataset(store, verdicts=verdicts, min_agreement=min_agreement,
                               require_decontamination=require_decontamination)
     layouts = {"plain": dataset, "sft": sft_records(dataset)}

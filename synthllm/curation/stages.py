@@ -44,7 +44,7 @@ def _remove_shard(store: Store, shard_id: str) -> None:
 
 def run_dedup(store: Store, settings: Settings, run_id: str) -> dict[str, int]:
     """Exact and near-duplicates over every question of every level and run."""
-    questions = store.query(read_sql("curation_dedup_input.sql"), list(verdicts_in_force(settings)),
+    questions = store.query(read_sql("curation_dedup_input.sql"), list(verdicts_in_force(settings, store)),
                             tables=["questions", "curation"])
     if questions.is_empty():
         _remove_shard(store, DEDUP_SHARD)

@@ -43,7 +43,7 @@ class AnswerStage(LLMStage):
         return settings.filter.domain
 
     def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
-        return store.query(read_sql("answer_candidates.sql"), list(verdicts_in_force(settings)),
+        return store.query(read_sql("answer_candidates.sql"), list(verdicts_in_force(settings, store)),
                            tables=["questions", "curation"])["question_id"].to_list()
 
     def streamed_items(self, store: Store, settings: Settings, state: PlanState, upstream: Stage,

@@ -38,7 +38,7 @@ class LLMJudgeStage(LLMStage):
         return [settings.gate.judge_threshold, settings.filter.domain]
 
     def candidates(self, store: Store, settings: Settings, state: PlanState) -> list[str]:
-        gate_version = verdicts_in_force(settings).gate_version
+        gate_version = verdicts_in_force(settings, store).gate_version
         if gate_version is None:
             return store.query("SELECT question_id FROM questions", tables=["questions"])["question_id"].to_list()
         sql = (f"SELECT question_id FROM curation WHERE check_name = '{GATE_CHECK}' AND kept AND prompt_version = $1 "

@@ -27,18 +27,25 @@ def gate_row(question_id: str, check_name: str, reason: str | None, origin: Prov
 
 class Verdicts(NamedTuple):
     """The gate verdicts that count downstream (judge, answers, dedup, export, funnel, card), as
-    SQL parameters: the rule gate's version in force, and the judge's threshold in force (its
-    stored scores are held against it, so a new threshold needs no new request). None where that
-    check is off: then none of its verdicts count."""
+    SQL parameters: the rule gate's version in force; the judge's threshold in force (its stored
+    scores are held against it, so a new threshold needs no new request), and the judge in force
+    (its prompt version and model: a new judge scores every question again, and the scores of
+    another judge count for nothing). None where that check is off: then none of its verdicts count."""
 
     gate_version: str | None
     judge_threshold: float | None
+    judge_version: str | None
+    judge_model: str | None
 
 
-def verdicts_in_force(settings: Settings) -> Verdicts:
-    gate = settings.gate
-    return Verdicts(QuestionGateStage().version(settings) if gate.enabled else None,
-                    gate.judge_threshold if gate.judge_enabled else None)
+def verdicts_in_force(settings: Settings, store: Store) -> Verdicts:
+    from synthllm.stages.llm_judge import LLMJudgeStage  # the judge's module builds on the gate's
+
+    gate, judge = settings.gate, LLMJudgeStage()
+    if not gate.judge_enabled:
+        return Verdicts(QuestionGateStage().version(settings) if gate.enabled else None, None, None, None)
+    return Verdicts(QuestionGateStage().version(settings) if gate.enabled else None, gate.judge_threshold,
+                    judge.version(settings), judge.model(store, settings))
 
 
 class QuestionGateStage(RuleStage):
