@@ -41,11 +41,12 @@ class Verdicts(NamedTuple):
 def verdicts_in_force(settings: Settings, store: Store) -> Verdicts:
     from synthllm.stages.llm_judge import LLMJudgeStage  # the judge's module builds on the gate's
 
-    gate, judge = settings.gate, LLMJudgeStage()
+    gate = settings.gate
+    gate_version = QuestionGateStage().version(settings) if gate.enabled else None
     if not gate.judge_enabled:
-        return Verdicts(QuestionGateStage().version(settings) if gate.enabled else None, None, None, None)
-    return Verdicts(QuestionGateStage().version(settings) if gate.enabled else None, gate.judge_threshold,
-                    judge.version(settings), judge.model(store, settings))
+        return Verdicts(gate_version, None, None, None)
+    judge = LLMJudgeStage()
+    return Verdicts(gate_version, gate.judge_threshold, judge.version(settings), judge.model(store, settings))
 
 
 class QuestionGateStage(RuleStage):
