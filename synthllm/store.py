@@ -33,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synthllm.listed_fs import ListedS3FileSystem
 from synthllm.resources import read_sql
 from synthllm.settings import StoreSettings
 
@@ -159,22 +160,25 @@ class Store:
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
         if self.is_s3:
-            client_kwargs = {}
-            if self.settings.s3_endpoint_url:
-                client_kwargs["endpoint_url"] = self.settings.s3_endpoint_url
-            if self.settings.s3_region:
-                client_kwargs["region_name"] = self.settings.s3_region
-            # Fresh listings and file details on every call: other writers change the store.
-            return fsspec.filesystem(
-                "s3",
-                client_kwargs=client_kwargs,
-                skip_instance_cache=True,
-                use_listings_cache=False,
-                version_aware=False,
-            )
+            return fsspec.filesystem("s3", **self._s3_options())
         fs = fsspec.filesystem("file")
         fs.makedirs(self.url, exist_ok=True)
         return fs
+
+    @cached_property
+    def _duckdb_fs(self) -> ListedS3FileSystem:
+        """What DuckDB reads S3 shards through: the details of listed files come from the listing."""
+        return ListedS3FileSystem(**self._s3_options())
+
+    def _s3_options(self) -> dict[str, Any]:
+        client_kwargs = {}
+        if self.settings.s3_endpoint_url:
+            client_kwargs["endpoint_url"] = self.settings.s3_endpoint_url
+        if self.settings.s3_region:
+            client_kwargs["region_name"] = self.settings.s3_region
+        # Fresh listings and file details on every call: other writers change the store.
+        return {"client_kwargs": client_kwargs, "skip_instance_cache": True, "use_listings_cache": False,
+                "version_aware": False}
 
     # ----------------------------------------------------------------- paths and files
     def path(self, *parts: str) -> str:
@@ -249,7 +253,15 @@ class Store:
 
     def table_files(self, table: str) -> list[str]:
         schemas()[table]
-        return self.glob(self.path("tables", table, "*.parquet"))
+        folder = self.path("tables", table)
+        if not self.is_s3:
+            return self.glob(f"{folder}/*.parquet")
+        # One listing request (a glob made three and a HEAD); its details answer DuckDB's reads.
+        prefix = self.fs._strip_protocol(folder).rstrip("/") + "/"
+        found = {path: info for path, info in self.fs.find(folder, detail=True).items()
+                 if path.startswith(prefix) and path.endswith(".parquet") and "/" not in path[len(prefix):]}
+        self._duckdb_fs.remember(found)
+        return sorted(f"s3://{path}" for path in found)
 
     def write_shard(self, table: str, shard_id: str, rows: pl.DataFrame | pa.Table | list[dict],
                     constants: dict[str, Any] | None = None) -> int:
@@ -320,7 +332,7 @@ class Store:
         con = duckdb.connect()
         try:
             if self.is_s3:
-                con.register_filesystem(self.fs)
+                con.register_filesystem(self._duckdb_fs)
             for name in names:
                 files = [f for f in self.table_files(name) if f not in exclude]
                 if files:

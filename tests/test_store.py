@@ -46,6 +46,36 @@ def test_a_second_store_object_sees_new_and_rewritten_shards(store_settings: Sto
         con.close()
 
 
+@pytest.mark.integration
+def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_endpoint: str, monkeypatch) -> None:
+    """DuckDB asked s3fs for each shard's details again and again while it bound a view and ran a
+    query: 18 HEAD requests per shard per query (91 over five shards), each a round trip on S3.
+    The one listing request the query starts with has them all, and a shard rewritten since is
+    read anew."""
+    import s3fs
+
+    store = Store(StoreSettings(url="s3://synthllm-test/details", s3_endpoint_url=s3_endpoint))
+    for shard in range(5):
+        store.write_shard("failures", f"s{shard}", failure_rows(f"r{shard}", shard + 1))
+    calls: list[str] = []
+    call_s3 = s3fs.S3FileSystem._call_s3
+
+    async def counting(self, method, *args, **kwargs):
+        calls.append(getattr(method, "__name__", str(method)))
+        return await call_s3(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
+    counts = store.query("SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason",
+                         tables=["failures"])
+    assert counts.rows() == [(f"r{shard}", shard + 1) for shard in range(5)]
+    assert "head_object" not in calls and calls.count("list_objects_v2") == 1, calls
+    store.write_shard("failures", "s0", failure_rows("rewritten", 7))  # the same file, longer
+    calls.clear()
+    assert store.query("SELECT count(*) AS n FROM failures WHERE reason = 'rewritten'",
+                       tables=["failures"]).rows() == [(7,)]
+    assert "head_object" not in calls and calls.count("list_objects_v2") == 1, calls
+
+
 def test_sql_literal_escapes_quotes() -> None:
     assert sql_literal("it's") == "'it''s'"
     con = duckdb.connect()
