@@ -6,9 +6,10 @@ through s3fs each is a HEAD request, 18 per file per query (91 for a five-shard 
 query over a table of thousands of shards paid that many round trips before reading a byte.
 
 A store lists a table's shards once per query anyway (``Store.table_files``); the listing carries
-every file's details, so they are kept here and DuckDB's asks are answered from them. Only the
-files a listing named are answered this way, and each listing replaces their details, so a query
-sees its own listing: what a shard held when it was listed. Everything else goes to S3.
+every file's details, so they are kept here and DuckDB's asks are answered from them. Each
+listing of a folder replaces what the last one kept for it (a shard removed since is forgotten,
+and what is kept is one listing per folder), so a query sees its own listing: what a shard held
+when it was listed. Everything else goes to S3.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ class ListedS3FileSystem(S3FileSystem):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._listed: dict[str, dict[str, Any]] = {}
+        self._listed: dict[str, dict[str, dict[str, Any]]] = {}  # folder -> file -> details
 
-    def remember(self, details: dict[str, dict[str, Any]]) -> None:
-        """Keep the details a listing returned (``fs.glob(pattern, detail=True)``)."""
-        self._listed.update({self._strip_protocol(path): info for path, info in details.items()})
+    def remember(self, folder: str, details: dict[str, dict[str, Any]]) -> None:
+        """Keep the details a listing of ``folder`` returned (``fs.find(folder, detail=True)``)."""
+        self._listed[self._strip_protocol(folder).rstrip("/")] = {
+            self._strip_protocol(path): info for path, info in details.items()}
 
     def _known(self, path: str) -> dict[str, Any] | None:
-        return self._listed.get(self._strip_protocol(path))
+        name = self._strip_protocol(path)
+        return self._listed.get(name.rsplit("/", 1)[0], {}).get(name)
 
     async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         info = self._known(path)

@@ -260,7 +260,7 @@ class Store:
         prefix = self.fs._strip_protocol(folder).rstrip("/") + "/"
         found = {path: info for path, info in self.fs.find(folder, detail=True).items()
                  if path.startswith(prefix) and path.endswith(".parquet") and "/" not in path[len(prefix):]}
-        self._duckdb_fs.remember(found)
+        self._duckdb_fs.remember(folder, found)
         return sorted(f"s3://{path}" for path in found)
 
     def write_shard(self, table: str, shard_id: str, rows: pl.DataFrame | pa.Table | list[dict],
