@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/rerun.py
 	$(BIN)/python bench/submit_cost.py
+	$(BIN)/python bench/s3_reads.py
 
 server: install
 	$(BIN)/prefect server start
