@@ -71,11 +71,13 @@ def plain_s3fs_query(store, sql: str):
     """The read before ``listed_fs``: DuckDB on a plain s3fs instance over the listed files."""
     import duckdb
 
+    from synthllm.store import sql_literal
+
     files = store.table_files("failures")
     con = duckdb.connect()
     try:
         con.register_filesystem(store.fs)
-        file_list = ", ".join(f"'{f}'" for f in files)
+        file_list = ", ".join(sql_literal(f) for f in files)
         con.execute(f"CREATE VIEW failures AS SELECT * FROM read_parquet([{file_list}], union_by_name = true)")
         return con.sql(sql).pl()
     finally:
