@@ -7,7 +7,7 @@ no-op task with the shard task's parameters:
 
 - ``stock``: prefect-dask's ``DaskTaskRunner`` with the settings payload as a nested dict (before);
 - ``payload_text``: the same runner, the payload as JSON text and Prefect's settings context
-  serialized once per context (``tasks.common.serialize_settings_once``);
+  serialized once per context (``tasks.prefect_costs.serialize_settings_once``);
 - ``synthllm``: what synthllm runs, also impure submits (``tasks.dask_runner.ShardDaskTaskRunner``).
 
 CPU is this process's (the flow thread, and the Dask client's and scheduler's threads while the
@@ -43,7 +43,8 @@ def measure(way: str) -> dict[str, float]:
     from prefect_dask import DaskTaskRunner
 
     from synthllm.settings import load_settings, settings_payload
-    from tasks.common import make_task_runner, serialize_settings_once
+    from tasks.common import make_task_runner
+    from tasks.prefect_costs import serialize_settings_once
 
     settings = load_settings(None, {"orchestration.task_runner": "dask", "orchestration.task_workers": 1})
     payload: dict | str = settings_payload(settings)

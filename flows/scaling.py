@@ -18,7 +18,7 @@ from synthllm.scaling import (
     report_markdown,
 )
 from synthllm.settings import load_settings
-import tasks.common  # noqa: F401 - its flow runs end with their work (end_flow_runs_without_waiting_for_heartbeats)
+import tasks.common  # noqa: F401 - trims Prefect's costs (tasks.prefect_costs): its flow runs end with their work
 
 
 @flow(name="scaling-fit")

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
-import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 from urllib.parse import urlsplit
 
-import prefect.flow_engine
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.concurrency.sync import concurrency
-from prefect.context import SettingsContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -26,33 +22,10 @@ from synthllm.runs import freeze_startup_objects
 from synthllm.settings import Settings, SettingsError, settings_from_payload
 from synthllm.stages.runner import ShardSummary
 from synthllm.store import Store, stable_hash
+from tasks.prefect_costs import serialize_settings_once, trim_prefect_costs
 
 default_server_environment()
-
-
-def end_flow_runs_without_waiting_for_heartbeats() -> None:
-    """A flow run ends when its work does, not up to a second later.
-
-    Prefect's flow-run heartbeat thread sleeps in whole-second steps, and a sync flow run's exit
-    joins it, so every flow and subflow run waited for the current step to end: a flow run that
-    does nothing took 1.09 s (0.09 s without the wait), and ``synthllm run``'s five subflows up to
-    5 s. Heartbeats still go out every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds; the thread
-    is told to stop and ends at its next step, unjoined, as Prefect's async engine already does
-    (``join_on_exit=False``). Left alone if a Prefect release renames that hook."""
-    send = getattr(prefect.flow_engine, "_send_heartbeats", None)
-    if send is None or getattr(send, "unjoined", False) or "join_on_exit" not in inspect.signature(send).parameters:
-        return
-
-    @contextmanager
-    def send_heartbeats(engine, join_on_exit: bool = True):
-        with send(engine, join_on_exit=False):
-            yield
-
-    send_heartbeats.unjoined = True
-    prefect.flow_engine._send_heartbeats = send_heartbeats
-
-
-end_flow_runs_without_waiting_for_heartbeats()
+trim_prefect_costs()
 
 # The run id only labels rows; it must not change a task's cache key.
 SHARD_CACHE_POLICY = INPUTS - "run_id" + TASK_SOURCE
@@ -193,33 +166,6 @@ def open_task_runner(settings: Settings) -> Iterator[Any]:
                                     "start one (dask scheduler) or fix the address") from None
         with temporary_settings({PREFECT_API_URL: api_url()}) if temporary_api else nullcontext():
             yield runner
-
-
-def serialize_settings_once() -> None:
-    """Serialize each Prefect settings context once per process, not on every submit.
-
-    prefect-dask and prefect-ray send the flow's Prefect context with each task, and serializing
-    its settings part (the whole Prefect settings model) cost about 14 ms of the flow process's
-    CPU per submit (``bench/submit_cost.py``): seconds of coordinator CPU over a run's shards.
-    A context and its settings are not changed once entered (``temporary_settings`` enters a new
-    one), so the last context's serialization is kept and reused while that same context is asked.
-    """
-    original = SettingsContext.serialize
-    if getattr(original, "serialized_once", False):
-        return
-    last: tuple[tuple[Any, ...], dict[str, Any]] | None = None
-
-    @functools.wraps(original)
-    def serialize(self: SettingsContext, include_secrets: bool = True) -> dict[str, Any]:
-        nonlocal last
-        key = (self, self.settings, self.profile, include_secrets)
-        entry = last  # one read: another thread may replace it meanwhile
-        if entry is None or any(a is not b for a, b in zip(entry[0], key, strict=True)):
-            entry = last = (key, original(self, include_secrets=include_secrets))
-        return entry[1]
-
-    serialize.serialized_once = True
-    SettingsContext.serialize = serialize
 
 
 def make_task_runner(settings: Settings):

@@ -18,7 +18,7 @@ SAMPLE_DIR = REPO / "data" / "sample"
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API (SQLite) for every test that runs flows. Flow runs send
-    heartbeats, as users' runs do (``tasks.common.end_flow_runs_without_waiting_for_heartbeats``)."""
+    heartbeats, as users' runs do (``tasks.prefect_costs.end_flow_runs_without_waiting_for_heartbeats``)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

@@ -1,10 +1,11 @@
-"""What Prefect's runtime costs the flow process: submitting shard tasks to a process task runner
-(Dask, Ray), and ending a flow run.
+"""What Prefect's runtime costs: submitting shard tasks to a process task runner (Dask, Ray),
+running them on its workers, and ending a flow run (``tasks.prefect_costs``).
 
 Every shard is one submit from the flow process, whose CPU the workers share on a small machine:
 ``bench/submit_cost.py`` measures it (prefect-dask's stock runner: about 22 ms a submit; ours: under
-3 ms). These tests pin down the two causes we removed without changing what a task receives, and
-the heartbeat wait every flow run's end no longer has.
+3 ms). Every shard is also one task run on a worker, which built Prefect's settings and two TLS
+contexts for it (about 60 ms of the worker's CPU). These tests pin down the causes we removed
+without changing what a task receives, and the heartbeat wait every flow run's end no longer has.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from prefect import task as task_decorator
 
 from synthllm.settings import load_settings, settings_payload
+
+# As in every synthllm task module: a Dask worker unpickling this module's tasks gets tasks.prefect_costs
+import tasks.common  # noqa: F401, E402 - imported for its patches
 
 
 def test_process_runners_serialize_prefects_settings_once_per_context(monkeypatch) -> None:
@@ -23,7 +28,7 @@ def test_process_runners_serialize_prefects_settings_once_per_context(monkeypatc
     from prefect.context import SettingsContext, serialize_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.common import serialize_settings_once
+    from tasks.prefect_costs import serialize_settings_once
 
     serialized: list[str] = []
     original = SettingsContext.serialize
@@ -127,3 +132,109 @@ def test_a_flow_run_ends_with_its_work_and_still_sends_heartbeats(monkeypatch, p
     finally:
         released.set()
     assert took < 1.5, f"the flow run ended {took:.2f} s after its work: it waited for the heartbeat thread"
+
+
+def test_a_tasks_prefect_settings_are_built_once_per_content(monkeypatch) -> None:
+    """A task sent to a worker brings the flow's Prefect settings, and Prefect validated the whole
+    settings model again for every task (24 ms of the worker's CPU). The same content is built
+    once; other settings are built for themselves and hydrate with their own values."""
+    import copy
+    from uuid import uuid4
+
+    import prefect.task_engine
+    from prefect.context import SettingsContext, serialize_context
+    from prefect.settings import PREFECT_API_URL, Settings, temporary_settings
+
+    built: list[str] = []
+    original = Settings.__init__
+    monkeypatch.setattr(Settings, "__init__", lambda self, *a, **kw: built.append("x") or original(self, *a, **kw))
+    urls = [f"http://127.0.0.1:4200/api/{uuid4().hex}", f"http://127.0.0.1:4201/api/{uuid4().hex}"]
+    sent = []
+    for url in urls:
+        with temporary_settings({PREFECT_API_URL: url}):
+            sent.append(serialize_context())
+    built.clear()
+    hydrated = []
+    for context in (sent[0], sent[0], sent[1], sent[0]):
+        with prefect.task_engine.hydrated_context(copy.deepcopy(context)):  # a copy, as each task unpickles one
+            hydrated.append(SettingsContext.get().settings.api.url)
+    assert hydrated == [urls[0], urls[0], urls[1], urls[0]]
+    assert len(built) == 2
+
+
+def test_prefect_clients_share_one_tls_context_per_setting() -> None:
+    """Every Prefect client loaded the whole CA bundle into a TLS context of its own (14-20 ms of CPU,
+    also for an http:// API). Clients now share one per TLS setting; one given its own keeps it."""
+    import ssl
+
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+    from prefect.settings import PREFECT_API_TLS_INSECURE_SKIP_VERIFY, temporary_settings
+
+    def tls_context(client) -> ssl.SSLContext:
+        return client._client._transport._pool._ssl_context
+
+    api = "http://127.0.0.1:4200/api"
+    first, second, other_kind = SyncPrefectClient(api), SyncPrefectClient(api), PrefectClient(api)
+    assert tls_context(first) is tls_context(second) is tls_context(other_kind)
+    assert tls_context(first).verify_mode == ssl.CERT_REQUIRED
+    with temporary_settings({PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}):
+        insecure = SyncPrefectClient(api)
+    assert tls_context(insecure).verify_mode == ssl.CERT_NONE and tls_context(SyncPrefectClient(api)) is tls_context(first)
+    own = ssl.create_default_context()
+    assert tls_context(SyncPrefectClient(api, httpx_settings={"verify": own})) is own
+
+
+@task_decorator
+def probe(n: int) -> int:
+    """A task for a Dask worker: defined here, so the worker imports this module (and tasks.common)."""
+    return n
+
+
+BUILT: dict[str, int] = {}
+
+
+def count_builds() -> None:
+    """On a worker: count the Prefect settings and TLS contexts this process builds from now on."""
+    import ssl
+
+    from prefect.settings import Settings
+
+    BUILT.update(settings=0, tls=0)
+    settings_init, create_context = Settings.__init__, ssl.create_default_context
+
+    def counting_settings(self, *args, **kwargs):
+        BUILT["settings"] += 1
+        settings_init(self, *args, **kwargs)
+
+    def counting_context(*args, **kwargs):
+        BUILT["tls"] += 1
+        return create_context(*args, **kwargs)
+
+    Settings.__init__, ssl.create_default_context = counting_settings, counting_context
+
+
+def builds() -> dict[str, int]:
+    return dict(BUILT)
+
+
+@pytest.mark.integration
+def test_a_dask_worker_builds_prefects_settings_and_tls_context_once_not_per_task(prefect_harness) -> None:
+    """On a real Dask worker: once its first tasks ran, more tasks build no Prefect settings and no
+    TLS context (before: one settings model and two TLS contexts per task)."""
+    from prefect import flow
+
+    from tasks.common import make_task_runner
+
+    settings = load_settings(None, {"orchestration.task_runner": "dask", "orchestration.task_workers": 1})
+
+    @flow
+    def tasks_on_one_worker() -> tuple[list[int], list[dict[str, int]]]:
+        with make_task_runner(settings) as runner:
+            assert [runner.submit(probe, {"n": n}).result() for n in range(2)] == [0, 1]
+            runner.client.run(count_builds)
+            futures = [runner.submit(probe, {"n": n}) for n in range(4)]
+            return [future.result() for future in futures], list(runner.client.run(builds).values())
+
+    values, counts = tasks_on_one_worker()
+    assert values == [0, 1, 2, 3]
+    assert counts == [{"settings": 0, "tls": 0}]
