@@ -209,6 +209,25 @@ def shard_figures(runs: list[Any], shards: list[dict[str, Any]]) -> dict[str, An
     return {"stages": out, "prefect_overhead_per_shard": prefect}
 
 
+def dask_computes(dask_client, began: float) -> list[float]:
+    """Seconds each task computed on a worker of the bench's cluster since ``began`` (Dask's task stream)."""
+    return [span["stop"] - span["start"] for record in dask_client.get_task_stream(start=began)
+            for span in record["startstops"] if span["action"] == "compute"]
+
+
+def worker_task_figures(computes: list[float], runs: list[Any]) -> dict[str, Any]:
+    """Dask runs: each task's time on its worker (Dask's compute window) against the time Prefect's
+    task run covers (Pending to Completed). A worker enters the flow's Prefect context before the
+    task run exists, so Prefect's timings never show that part (``tasks.prefect_costs``)."""
+    timed = [(run.end_time - min(run.created or run.start_time, run.start_time)).total_seconds()
+             for run in runs if run.start_time is not None and run.end_time is not None]
+    if not computes or len(computes) != len(timed):
+        return {"tasks": len(computes), "prefect_task_runs": len(timed)}
+    return {"tasks": len(computes), "dask_mean_s": round(statistics.fmean(computes), 4),
+            "prefect_mean_s": round(statistics.fmean(timed), 4),
+            "outside_prefect_mean_s": round(statistics.fmean(computes) - statistics.fmean(timed), 4)}
+
+
 def quiet_reads(store_url: str, overrides: dict[str, Any], per_stage: int = 5) -> dict[str, float]:
     """Median seconds to read a shard's plan and inputs, per stage, measured after the run one
     shard at a time: during the run stages overlap and a shard's read time includes waiting for
@@ -276,8 +295,13 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
     shards = record_shards()
     phases = Phases()
     phases.run("ingest", lambda: ingest_flow([str(corpus)], store=store, overrides=overrides))
+    dask_client = dask_task_stream(cluster) if cluster is not None else None
+    synthesize_began = time.time()
     state = phases.run("synthesize", lambda: synthesize_flow(store=store, overrides=overrides, return_state=True))
     state.result()
+    computes = dask_computes(dask_client, synthesize_began) if dask_client is not None else []
+    runs = task_runs(state.state_details.flow_run_id, max(len(shards), len(computes)))
+    worker_tasks = worker_task_figures(computes, runs) if computes else {}
     reply_cpu_s = REPLY_CPU.seconds  # stand-in replies written in this process (thread runner)
     if args.full:
         from flows.curate import curate_flow, export_flow
@@ -285,6 +309,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         phases.run("curate", lambda: curate_flow(store=store, overrides=overrides))
         phases.run("export", lambda: export_flow(store=store, overrides=overrides))
     if cluster is not None:
+        dask_client.close()
         cluster.close()
     usage = Store(store).query("SELECT stage, sum(requests)::BIGINT AS requests, sum(calls)::BIGINT AS calls FROM llm_usage "
                                "GROUP BY stage ORDER BY stage", tables=["llm_usage"]).to_dicts()
@@ -306,7 +331,8 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         "phases": phases.figures,
         "total_wall_s": round(sum(p["wall_s"] for p in phases.figures.values()), 2),
         "total_cpu_s": round(sum(p["cpu_s"] for p in phases.figures.values()), 2),
-        **shard_figures(task_runs(state.state_details.flow_run_id, len(shards)), shards),
+        **shard_figures(runs, shards),
+        "worker_time_per_task": worker_tasks,
         "quiet_read_s_median": quiet_reads(store, overrides),
         "store_files": store_files(Path(store)),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -337,6 +363,15 @@ def start_dask_cluster(workers: int):
     with Client(cluster) as client:
         client.run(lambda: [importlib.import_module(m) for m in ("flows.synthesize", "synthllm.engines.standin")])
     return cluster
+
+
+def dask_task_stream(cluster):
+    """A client of the bench's cluster whose scheduler records every task's compute window from now on."""
+    from distributed import Client
+
+    client = Client(cluster)
+    client.get_task_stream()  # the first call installs the scheduler's task-stream plugin
+    return client
 
 
 def spawn(args: list[str], workdir: Path, timeout_s: float) -> dict[str, Any]:
@@ -486,7 +521,8 @@ def part_workers(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                         work, args.timeout_s)
             runs[workers] = {"synthesize": run["phases"]["synthesize"], "llm_requests": run["llm_requests"],
                              "requests_per_s": run["synthesize_requests_per_s"],
-                             "flow_process_cpu_ms_per_request": run["flow_process_cpu_ms_per_request"]}
+                             "flow_process_cpu_ms_per_request": run["flow_process_cpu_ms_per_request"],
+                             "worker_time_per_task": run["worker_time_per_task"]}
         one_wall, two = runs[1]["synthesize"]["wall_s"], runs[2]["synthesize"]
         out[f"{cluster}_cluster"] = {
             "runs": runs, "speedup_2_vs_1": round(one_wall / two["wall_s"], 2),
