@@ -46,6 +46,49 @@ def test_a_second_store_object_sees_new_and_rewritten_shards(store_settings: Sto
         con.close()
 
 
+def test_a_stores_reads_share_one_database_and_each_connection_has_its_own_views(
+        store_settings: StoreSettings, monkeypatch) -> None:
+    """Opening a DuckDB database costs about 13 ms of CPU and the flow plans with hundreds of
+    queries, so a Store object opens one and each read connects to it. Views are each
+    connection's own: two open at once over different shards, from different threads, each see
+    theirs, and a closed one leaves the other working."""
+    import threading
+
+    import synthllm.store
+
+    synthllm.store.schemas()  # the table schemas, built once per process
+    opened: list[str] = []
+    connect = duckdb.connect
+    monkeypatch.setattr(synthllm.store.duckdb, "connect", lambda *a, **kw: opened.append("db") or connect(*a, **kw))
+    store = Store(store_settings)
+    store.write_shard("failures", "a", failure_rows("a", 2))
+    store.write_shard("failures", "b", failure_rows("b", 3))
+    for _ in range(3):
+        assert store.query("SELECT count(*) AS n FROM failures")["n"].to_list() == [5]
+    only_b = store.connect(["failures"], exclude=[store.shard_path("failures", "a")])
+    both = store.connect(["failures"])
+    try:
+        assert only_b.sql("SELECT count(*) FROM failures").fetchall() == [(3,)]
+        assert both.sql("SELECT count(*) FROM failures").fetchall() == [(5,)]
+        only_b.close()
+        assert both.sql("SELECT count(*) FROM failures").fetchall() == [(5,)]
+    finally:
+        both.close()
+    counts: list[int] = []
+
+    def query_in_a_thread() -> None:
+        for _ in range(5):
+            counts.append(store.query("SELECT count(*) AS n FROM failures")["n"].item())
+
+    threads = [threading.Thread(target=query_in_a_thread) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counts == [5] * 20
+    assert opened == ["db"]
+
+
 @pytest.mark.integration
 def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_endpoint: str, monkeypatch) -> None:
     """DuckDB asked s3fs for each shard's details again and again while it bound a view and ran a
