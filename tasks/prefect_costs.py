@@ -20,7 +20,6 @@ from typing import Any
 
 import certifi
 import prefect.client.orchestration
-import prefect.context
 import prefect.flow_engine
 import prefect.task_engine
 from prefect.context import SettingsContext

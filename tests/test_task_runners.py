@@ -18,7 +18,7 @@ from prefect import task as task_decorator
 from synthllm.settings import load_settings, settings_payload
 
 # As in every synthllm task module: a Dask worker unpickling this module's tasks gets tasks.prefect_costs
-import tasks.common  # noqa: F401, E402 - imported for its patches
+import tasks.common  # noqa: F401 - imported for its patches
 
 
 def test_process_runners_serialize_prefects_settings_once_per_context(monkeypatch) -> None:
