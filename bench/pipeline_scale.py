@@ -14,7 +14,8 @@ Four parts, one JSON object on stdout (issue 13):
   (weak scaling: ``--replica-documents`` documents per replica, so every N runs about as long).
 - ``workers``: the synthesize flow on the Dask task runner with 2 worker processes vs 1 (stand-in),
   on a temporary cluster the run starts and on a running one that has served a small first run
-  (a deployment's steady state); CPU by process (flow, Prefect API, workers) beside the wall.
+  (a deployment's steady state), the latter with infra/dask's settings and with Dask's own; CPU
+  by process (flow, Prefect API, workers) beside the wall.
 - ``loopback``: the synthesize flow through the openai backend against one instant server on
   127.0.0.1: requests/s and coordinator CPU per request, HTTP client included.
 
@@ -279,7 +280,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
     write_corpus(corpus, args.documents)
     overrides: dict[str, Any] = {"filter.enabled": False, "orchestration.task_runner": args.task_runner,
                                  "orchestration.task_workers": args.task_workers}
-    cluster = start_dask_cluster(args.task_workers) if args.dask_cluster else None
+    cluster = start_dask_cluster(args.task_workers, args.dask_stock_settings) if args.dask_cluster else None
     if cluster is not None:
         overrides["orchestration.dask_address"] = cluster.scheduler_address
     if args.mode == "openai":
@@ -354,12 +355,17 @@ def serve_a_first_run(work: Path, overrides: dict[str, Any]) -> None:
     synthesize_flow(store=store, overrides=small_shards)
 
 
-def start_dask_cluster(workers: int):
+def start_dask_cluster(workers: int, stock_settings: bool = False):
     """A Dask cluster running before the timed phases, its workers' imports done: a deployment's
-    cluster outlives the runs, so a run does not pay the workers' start-up."""
+    cluster outlives the runs, so a run does not pay the workers' start-up. It runs with the Dask
+    settings a deployment's cluster reads from infra/dask, or with Dask's own (``stock_settings``)."""
+    import dask.config
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    from tasks.dask_runner import SHARD_TASK_DASK_CONFIG
+
+    with dask.config.set({} if stock_settings else SHARD_TASK_DASK_CONFIG):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     with Client(cluster) as client:
         client.run(lambda: [importlib.import_module(m) for m in ("flows.synthesize", "synthllm.engines.standin")])
     return cluster
@@ -509,16 +515,18 @@ def part_loopback(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def part_workers(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """One Dask worker against two, on a temporary cluster the run starts (its workers' start-up in
-    the synthesize phase) and on a running one (``orchestration.dask_address``)."""
+    the synthesize phase) and on a running one (``orchestration.dask_address``) with infra/dask's
+    settings, and with Dask's own (``running_stock``)."""
     out: dict[str, Any] = {"documents": args.worker_documents, "task_runner": "dask"}
-    for cluster in ("temporary", "running"):
+    cluster_flags = {"temporary": [], "running": ["--dask-cluster"],
+                     "running_stock": ["--dask-cluster", "--dask-stock-settings"]}
+    for cluster, flags in cluster_flags.items():
         runs = {}
         for workers in (1, 2):
             work = root / f"workers-{cluster}-{workers}"
             work.mkdir()
             run = spawn(["--mode", "standin", "--documents", str(args.worker_documents), "--task-runner", "dask",
-                         "--task-workers", str(workers), *(["--dask-cluster"] if cluster == "running" else [])],
-                        work, args.timeout_s)
+                         "--task-workers", str(workers), *flags], work, args.timeout_s)
             runs[workers] = {"synthesize": run["phases"]["synthesize"], "llm_requests": run["llm_requests"],
                              "requests_per_s": run["synthesize_requests_per_s"],
                              "flow_process_cpu_ms_per_request": run["flow_process_cpu_ms_per_request"],
@@ -549,6 +557,8 @@ def main() -> None:
     child.add_argument("--task-runner", default="thread")
     child.add_argument("--task-workers", type=int, default=2)
     child.add_argument("--dask-cluster", action="store_true", help="start a Dask cluster first (dask_address)")
+    child.add_argument("--dask-stock-settings", action="store_true",
+                       help="that cluster with Dask's own settings, not infra/dask's")
     child.add_argument("--capacity", type=int, default=64)
     child.add_argument("--base-urls", nargs="*", default=[])
     child.add_argument("--override", action="append", default=[], type=override,

@@ -158,6 +158,27 @@ def test_the_dask_config_points_at_the_compose_dask_cluster():
     assert worker["environment"]["SYNTHLLM_STORE__URL"]  # the store's settings, as every synthllm container
 
 
+def test_the_compose_dask_cluster_runs_with_the_shard_task_settings():
+    """A running cluster's scheduler and workers read infra/dask (DASK_CONFIG), which the image
+    copies; it holds what a temporary local cluster gets (tasks.dask_runner.SHARD_TASK_DASK_CONFIG)."""
+    from tasks.dask_runner import SHARD_TASK_DASK_CONFIG
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    assert flat(yaml.safe_load((REPO / "infra/dask/distributed.yaml").read_text(encoding="utf-8"))) == SHARD_TASK_DASK_CONFIG
+    services = yaml.safe_load((REPO / "infra/compose.yaml").read_text(encoding="utf-8"))["services"]
+    dockerfile = (REPO / "infra/Dockerfile").read_text(encoding="utf-8")
+    workdir = dockerfile.split("WORKDIR ", 1)[1].split()[0]
+    assert "COPY --chown=1001:1001 infra/dask infra/dask" in dockerfile
+    assert "!infra/dask" in (REPO / "infra/Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+    for name in ("dask-scheduler", "dask-worker"):
+        assert services[name]["environment"]["DASK_CONFIG"] == f"{workdir}/infra/dask", name
+
+
 @pytest.mark.parametrize("script", sorted((REPO / "infra/scripts").glob("*.sh")), ids=lambda p: p.name)
 def test_scripts_parse_and_reject_missing_arguments(script):
     subprocess.run(["bash", "-n", str(script)], check=True)

@@ -238,3 +238,37 @@ def test_a_dask_worker_builds_prefects_settings_and_tls_context_once_not_per_tas
     values, counts = tasks_on_one_worker()
     assert values == [0, 1, 2, 3]
     assert counts == [{"settings": 0, "tls": 0}]
+
+
+def event_loop_timers(dask_worker) -> dict[str, float]:
+    """A Dask server's periodic callbacks that wake its event loop often: name -> period in ms."""
+    return {name: callback.callback_time for name, callback in dask_worker.periodic_callbacks.items()
+            if name in ("tick", "profile", "profile-cycle")}
+
+
+@pytest.mark.integration
+def test_a_temporary_dask_cluster_runs_with_the_shard_task_settings(prefect_harness) -> None:
+    """Dask's defaults suit millisecond tasks: each worker's loop samples the running task's stack
+    every 10 ms (the dashboard's profile) and every loop times itself every 20 ms, each time taking
+    the GIL from the shard. The temporary cluster the dask runner starts has no profiling and a 1 s
+    tick in its scheduler, nannies and workers (infra/dask for a running cluster), and the flow's
+    own Dask settings are left as they were."""
+    import dask.config
+    import distributed  # noqa: F401 - registers Dask's distributed settings
+    from prefect import flow
+
+    from tasks.common import make_task_runner
+
+    settings = load_settings(None, {"orchestration.task_runner": "dask", "orchestration.task_workers": 1})
+    before = dask.config.get("distributed.admin.tick.interval")
+
+    @flow
+    def timers_of_a_temporary_cluster() -> list[dict[str, float]]:
+        with make_task_runner(settings) as runner:
+            assert runner.submit(probe, {"n": 3}).result() == 3
+            return [*runner.client.run(event_loop_timers).values(),
+                    *runner.client.run(event_loop_timers, nanny=True).values(),
+                    runner.client.run_on_scheduler(event_loop_timers)]
+
+    assert timers_of_a_temporary_cluster() == [{"tick": 1000.0}] * 3
+    assert dask.config.get("distributed.admin.tick.interval") == before
