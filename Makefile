@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python bench/rerun.py
 	$(BIN)/python bench/submit_cost.py
 	$(BIN)/python bench/s3_reads.py
+	$(BIN)/python bench/dask_settings.py
 
 server: install
 	$(BIN)/prefect server start
