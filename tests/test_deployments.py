@@ -161,15 +161,13 @@ def test_the_dask_config_points_at_the_compose_dask_cluster():
 def test_the_compose_dask_cluster_runs_with_the_shard_task_settings():
     """A running cluster's scheduler and workers read infra/dask (DASK_CONFIG), which the image
     copies; it holds what a temporary local cluster gets (tasks.dask_runner.SHARD_TASK_DASK_CONFIG)."""
+    import dask.config
+
     from tasks.dask_runner import SHARD_TASK_DASK_CONFIG
 
-    def flat(tree: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tree.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
-
-    assert flat(yaml.safe_load((REPO / "infra/dask/distributed.yaml").read_text(encoding="utf-8"))) == SHARD_TASK_DASK_CONFIG
+    nested: dict = {}
+    dask.config.set(SHARD_TASK_DASK_CONFIG, config=nested)  # Dask nests the dotted keys into this dict
+    assert yaml.safe_load((REPO / "infra/dask/distributed.yaml").read_text(encoding="utf-8")) == nested
     services = yaml.safe_load((REPO / "infra/compose.yaml").read_text(encoding="utf-8"))["services"]
     dockerfile = (REPO / "infra/Dockerfile").read_text(encoding="utf-8")
     workdir = dockerfile.split("WORKDIR ", 1)[1].split()[0]
