@@ -30,7 +30,7 @@ class ListedS3FileSystem(S3FileSystem):
         self._listed: dict[str, dict[str, dict[str, Any]]] = {}  # folder -> file -> details
 
     def remember(self, folder: str, details: dict[str, dict[str, Any]]) -> None:
-        """Keep the details a listing of ``folder`` returned (``fs.find(folder, detail=True)``)."""
+        """Keep the details a listing of ``folder`` returned (``Store.table_files``)."""
         self._listed[self._strip_protocol(folder).rstrip("/")] = {
             self._strip_protocol(path): info for path, info in details.items()}
 

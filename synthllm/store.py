@@ -18,6 +18,7 @@ fail on a rewritten file (``FileExpired``). SQL text never embeds a path unescap
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 
 import duckdb
 import fsspec
+import fsspec.asyn
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -209,7 +211,16 @@ class Store:
             raise StoreError(f"store {self.url} is unreachable: {type(exc).__name__}: {exc}") from exc
 
     def exists(self, path: str) -> bool:
-        return self.fs.exists(path)
+        """Whether the file ``path`` exists: on S3 one HEAD request. (s3fs's ``exists`` follows a
+        missing key with a listing, to tell a folder, and every check here is for a file.)"""
+        if not self.is_s3:
+            return self.fs.isfile(path)
+        bucket, key, _ = self.fs.split_path(path)
+        try:
+            self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return False
+        return True
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write a whole file atomically (local: temp + rename; S3 PUT is atomic)."""
@@ -223,14 +234,34 @@ class Store:
         self.fs.mv(tmp, path)
 
     def read_bytes(self, path: str) -> bytes:
-        return self.fs.cat_file(path)
+        # S3: one GET. With more than one connection per file s3fs asks the size first (a HEAD),
+        # to split large files; the store's files are shards, plans and records.
+        return self.fs.cat_file(path, max_concurrency=1) if self.is_s3 else self.fs.cat_file(path)
 
     def write_text(self, path: str, text: str) -> None:
         self.write_bytes(path, text.encode("utf-8"))
 
     def glob(self, pattern: str) -> list[str]:
-        found = self.fs.glob(pattern)
-        return sorted(f"s3://{p}" if self.is_s3 and not p.startswith("s3://") else p for p in found)
+        """Files matching ``pattern``. Wildcards in the file name only (what the pipeline asks): one
+        listing of the folder, taken as written; wildcards in a folder below the store's: fsspec's glob."""
+        folder, _, name = pattern.rpartition("/")
+        if any(char in folder.removeprefix(self.url) for char in "*?["):
+            found = self.fs.glob(pattern)
+            return sorted(f"s3://{p}" if self.is_s3 and not p.startswith("s3://") else p for p in found)
+        return sorted(path for path in self._files_in(folder) if fnmatch.fnmatchcase(path.rsplit("/", 1)[1], name))
+
+    def _files_in(self, folder: str) -> dict[str, dict[str, Any]]:
+        """The files directly in ``folder`` with their details (none when it is not there yet). On S3
+        one listing request (a page per 1,000 files): s3fs's ``find`` made three for a folder not
+        there yet, its ``glob`` five, its ``ls`` two, each a round trip."""
+        if self.is_s3:
+            entries = fsspec.asyn.sync(self.fs.loop, self.fs._lsdir, self.fs._strip_protocol(folder).rstrip("/"),
+                                       refresh=True)
+            return {f"s3://{entry['name']}": entry for entry in entries if entry["type"] == "file"}
+        try:
+            return {entry["name"]: entry for entry in self.fs.ls(folder, detail=True) if entry["type"] == "file"}
+        except FileNotFoundError:
+            return {}
 
     def write_parquet(self, path: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
@@ -267,14 +298,10 @@ class Store:
     def table_files(self, table: str) -> list[str]:
         schemas()[table]
         folder = self.path("tables", table)
-        if not self.is_s3:
-            return self.glob(f"{folder}/*.parquet")
-        # One listing request (a glob made three and a HEAD); its details answer DuckDB's reads.
-        prefix = self.fs._strip_protocol(folder).rstrip("/") + "/"
-        found = {path: info for path, info in self.fs.find(folder, detail=True).items()
-                 if path.startswith(prefix) and path.endswith(".parquet") and "/" not in path[len(prefix):]}
-        self._duckdb_fs.remember(folder, found)
-        return sorted(f"s3://{path}" for path in found)
+        found = {path: info for path, info in self._files_in(folder).items() if path.endswith(".parquet")}
+        if self.is_s3:
+            self._duckdb_fs.remember(folder, found)  # the listing's details answer DuckDB's reads
+        return sorted(found)
 
     def write_shard(self, table: str, shard_id: str, rows: pl.DataFrame | pa.Table | list[dict],
                     constants: dict[str, Any] | None = None) -> int:

@@ -119,6 +119,47 @@ def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_end
     assert "head_object" not in calls and calls.count("list_objects_v2") == 1, calls
 
 
+@pytest.mark.integration
+def test_a_file_check_read_or_listing_on_s3_is_one_request(s3_endpoint: str, monkeypatch) -> None:
+    """s3fs follows a HEAD that finds no key with a listing (is it a folder?), and asks a file's size
+    (a HEAD) before reading it: a missing plan, shard or failure file cost two round trips and each
+    read two. A coordinator checks two per planned shard, and a shard task reads its plan, inputs
+    and rows. Listing a folder not there yet (a shard's response cache, an empty table) took three
+    to five. Every check, read and listing is now one request."""
+    import s3fs
+    from fsspec.asyn import sync_wrapper
+
+    store = Store(StoreSettings(url="s3://synthllm-test/one-request", s3_endpoint_url=s3_endpoint))
+    store.write_shard("failures", "here", failure_rows("r", 2))
+    store.write_bytes(store.path("notes", "a.json"), b'{"a": 1}')
+    calls: list[str] = []
+    call_s3 = s3fs.S3FileSystem._call_s3
+
+    async def counting(self, method, *args, **kwargs):
+        calls.append(getattr(method, "__name__", str(method)))
+        return await call_s3(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
+    monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", sync_wrapper(counting))  # it holds the original
+    checks = [store.has_shard("failures", "here"), store.has_shard("failures", "missing"),
+              store.exists(store.path("notes", "a.json")), store.exists(store.path("notes", "none.json")),
+              store.exists(store.path("notes"))]  # a folder is not a file
+    assert calls == ["head_object"] * 5, calls
+    assert checks == [True, False, True, False, False]
+    calls.clear()
+    assert store.read_bytes(store.path("notes", "a.json")) == b'{"a": 1}'
+    assert store.read_parquet_file(store.shard_path("failures", "here")).num_rows == 2
+    assert calls == ["get_object"] * 2, calls
+    with pytest.raises(FileNotFoundError):
+        store.read_bytes(store.path("notes", "none.json"))
+    calls.clear()
+    assert store.glob(store.path("notes", "*.json")) == [store.path("notes", "a.json")]
+    assert store.glob(store.path("nothing-yet", "*.parquet")) == []
+    assert store.table_files("failures") == [store.shard_path("failures", "here")]
+    assert store.table_files("questions") == []
+    assert calls == ["list_objects_v2"] * 4, calls
+
+
 def test_sql_literal_escapes_quotes() -> None:
     assert sql_literal("it's") == "'it''s'"
     con = duckdb.connect()
