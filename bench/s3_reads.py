@@ -1,7 +1,10 @@
-"""Benchmark: S3 requests and wall time of one store query over a table of many shards (issue 13).
+"""Benchmark: S3 requests and wall time of a store query over many shards, and per shard of a whole
+``synthesize`` (issue 13).
 
-A coordinator's planning queries (coverage, candidates) read whole tables; on S3 each request is
-a round trip. Two ways to read the same shards, in one run against moto's S3 server on 127.0.0.1:
+On S3 each request is a round trip. Everything runs against moto's S3 server on 127.0.0.1.
+
+``query``: a coordinator's planning queries (coverage, candidates) read whole tables. Two ways to
+read the same shards:
 
 * ``listed``: what synthllm does (``Store.query``): one listing request for the table's folder,
   and DuckDB reads the shards through ``synthllm.listed_fs``, which answers its questions about
@@ -9,9 +12,19 @@ a round trip. Two ways to read the same shards, in one run against moto's S3 ser
 * ``plain_s3fs``: the same listing, and DuckDB reading through a plain s3fs instance, as before:
   it asks S3 for each file's details many times while it binds the view and runs the query.
 
+``synthesize``: ingest a generated corpus, then ``synthesize`` with the stand-in engine on the
+thread runner, and count the requests of the synthesize (the coordinator's and every shard task's)
+per shard it ran. Two ways, each on a store of its own:
+
+* ``store``: what synthllm does: a file check is one HEAD, a read one GET, a folder's listing one
+  LIST (``Store.exists``, ``read_bytes``, ``glob``/``table_files``);
+* ``s3fs_calls``: the same through s3fs's ``exists``, ``cat_file`` and ``find``, as before: a
+  missing file is a HEAD and a LIST, a read a HEAD and a GET, a folder not there yet three
+  requests (s3fs's ``glob``, which the response cache used, made five: so this undercounts).
+
 Prints one JSON object::
 
-    python bench/s3_reads.py --shards 200
+    python bench/s3_reads.py --shards 200 --documents 400
 
 Local moto answers a request in about 5 ms; real S3 in 10-50 ms, so the request counts carry over
 and the walls grow.
@@ -21,15 +34,18 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pipeline_scale's corpus
 
 QUERY = "SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason"
 
@@ -55,6 +71,7 @@ def moto_endpoint():
 def counted_requests() -> collections.Counter:
     """Every S3 request s3fs sends from now on, by API call."""
     import s3fs
+    from fsspec.asyn import sync_wrapper
 
     counts: collections.Counter = collections.Counter()
     call_s3 = s3fs.S3FileSystem._call_s3
@@ -64,6 +81,7 @@ def counted_requests() -> collections.Counter:
         return await call_s3(self, method, *args, **kwargs)
 
     s3fs.S3FileSystem._call_s3 = counting
+    s3fs.S3FileSystem.call_s3 = sync_wrapper(counting)  # s3fs's own holds the uncounted one
     return counts
 
 
@@ -84,10 +102,61 @@ def plain_s3fs_query(store, sql: str):
         con.close()
 
 
+@contextlib.contextmanager
+def s3fs_file_calls():
+    """The store's file checks, reads and listings made as before, through s3fs's own calls."""
+    from synthllm.store import Store
+
+    def files_in(store, folder: str) -> dict:
+        prefix = store.fs._strip_protocol(folder).rstrip("/") + "/"
+        return {f"s3://{path}": info for path, info in store.fs.find(folder, detail=True).items()
+                if path.startswith(prefix) and "/" not in path[len(prefix):]}
+
+    saved = Store.exists, Store.read_bytes, Store._files_in
+    Store.exists = lambda store, path: store.fs.exists(path)
+    Store.read_bytes = lambda store, path: store.fs.cat_file(path)
+    Store._files_in = files_in
+    try:
+        yield
+    finally:
+        Store.exists, Store.read_bytes, Store._files_in = saved
+
+
+def synthesize_requests(endpoint: str, documents: int, shard_size: int, counts: collections.Counter) -> dict:
+    """S3 requests of one synthesize per shard it ran, both ways, each on a store of its own."""
+    from flows.ingest import ingest_flow
+    from flows.synthesize import synthesize_flow
+    from pipeline_scale import write_corpus
+
+    out: dict = {"documents": documents, "generation_shard_size": shard_size}
+    with tempfile.TemporaryDirectory(prefix="s3-reads-") as tmp:
+        corpus = Path(tmp) / "corpus.jsonl"
+        write_corpus(corpus, documents)
+        for way, calls in (("store", contextlib.nullcontext), ("s3fs_calls", s3fs_file_calls)):
+            store = f"s3://bench-s3-reads/synthesize-{way}"
+            overrides = {"filter.enabled": False, "engine.backend": "standin", "store.s3_endpoint_url": endpoint,
+                         "generation.shard_size": shard_size, "gate.shard_size": 5 * shard_size}
+            with calls():
+                ingest_flow([str(corpus)], store=store, overrides=overrides)
+                counts.clear()
+                wall, cpu = time.perf_counter(), time.process_time()
+                summary = synthesize_flow(store=store, overrides=overrides)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            shards = sum(stage["shards"] for stage in summary["stages"])
+            requests = sum(counts.values())
+            out[way] = {"shards": shards, "requests": requests, "requests_per_shard": round(requests / shards, 1),
+                        "by_call_per_shard": {call: round(n / shards, 2) for call, n in counts.most_common()},
+                        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
+    out["requests_ratio"] = round(out["s3fs_calls"]["requests"] / out["store"]["requests"], 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shards", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--documents", type=int, default=400, help="corpus of the synthesize part (0: skip it)")
+    parser.add_argument("--shard-size", type=int, default=25, help="generation.shard_size of the synthesize part")
     args = parser.parse_args()
 
     from synthllm.settings import StoreSettings
@@ -119,6 +188,8 @@ def main() -> None:
         out["same_rows"] = results["listed"] == results["plain_s3fs"]
         out["requests_ratio"] = round(out["plain_s3fs"]["requests"] / out["listed"]["requests"], 1)
         out["wall_ratio"] = round(out["plain_s3fs"]["wall_s_median"] / out["listed"]["wall_s_median"], 1)
+        if args.documents:
+            out["synthesize"] = synthesize_requests(endpoint, args.documents, args.shard_size, counts)
         print(json.dumps(out))
     finally:
         server.stop()
