@@ -89,17 +89,11 @@ def test_a_stores_reads_share_one_database_and_each_connection_has_its_own_views
     assert opened == ["db"]
 
 
-@pytest.mark.integration
-def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_endpoint: str, monkeypatch) -> None:
-    """DuckDB asked s3fs for each shard's details again and again while it bound a view and ran a
-    query: 18 HEAD requests per shard per query (91 over five shards), each a round trip on S3.
-    The one listing request the query starts with has them all, and a shard rewritten since is
-    read anew."""
+def counted_s3_calls(monkeypatch) -> list[str]:
+    """The S3 API calls s3fs sends from now on (a request each), in order."""
     import s3fs
+    from fsspec.asyn import sync_wrapper
 
-    store = Store(StoreSettings(url="s3://synthllm-test/details", s3_endpoint_url=s3_endpoint))
-    for shard in range(5):
-        store.write_shard("failures", f"s{shard}", failure_rows(f"r{shard}", shard + 1))
     calls: list[str] = []
     call_s3 = s3fs.S3FileSystem._call_s3
 
@@ -108,6 +102,20 @@ def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_end
         return await call_s3(self, method, *args, **kwargs)
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
+    monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", sync_wrapper(counting))  # s3fs's holds the original
+    return calls
+
+
+@pytest.mark.integration
+def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_endpoint: str, monkeypatch) -> None:
+    """DuckDB asked s3fs for each shard's details again and again while it bound a view and ran a
+    query: 18 HEAD requests per shard per query (91 over five shards), each a round trip on S3.
+    The one listing request the query starts with has them all, and a shard rewritten since is
+    read anew."""
+    store = Store(StoreSettings(url="s3://synthllm-test/details", s3_endpoint_url=s3_endpoint))
+    for shard in range(5):
+        store.write_shard("failures", f"s{shard}", failure_rows(f"r{shard}", shard + 1))
+    calls = counted_s3_calls(monkeypatch)
     counts = store.query("SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason",
                          tables=["failures"])
     assert counts.rows() == [(f"r{shard}", shard + 1) for shard in range(5)]
@@ -126,21 +134,10 @@ def test_a_file_check_read_or_listing_on_s3_is_one_request(s3_endpoint: str, mon
     read two. A coordinator checks two per planned shard, and a shard task reads its plan, inputs
     and rows. Listing a folder not there yet (a shard's response cache, an empty table) took three
     to five. Every check, read and listing is now one request."""
-    import s3fs
-    from fsspec.asyn import sync_wrapper
-
     store = Store(StoreSettings(url="s3://synthllm-test/one-request", s3_endpoint_url=s3_endpoint))
     store.write_shard("failures", "here", failure_rows("r", 2))
     store.write_bytes(store.path("notes", "a.json"), b'{"a": 1}')
-    calls: list[str] = []
-    call_s3 = s3fs.S3FileSystem._call_s3
-
-    async def counting(self, method, *args, **kwargs):
-        calls.append(getattr(method, "__name__", str(method)))
-        return await call_s3(self, method, *args, **kwargs)
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
-    monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", sync_wrapper(counting))  # it holds the original
+    calls = counted_s3_calls(monkeypatch)
     checks = [store.has_shard("failures", "here"), store.has_shard("failures", "missing"),
               store.exists(store.path("notes", "a.json")), store.exists(store.path("notes", "none.json")),
               store.exists(store.path("notes"))]  # a folder is not a file
