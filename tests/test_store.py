@@ -128,6 +128,44 @@ def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_end
 
 
 @pytest.mark.integration
+def test_a_query_reads_each_small_s3_shard_once_and_a_rewritten_one_anew(s3_endpoint: str, monkeypatch) -> None:
+    """DuckDB 2.0 opens each shard three times a query, and each open of a small file read all of
+    it: four GETs a shard. A small shard's bytes are kept by name and ETag: one GET the first time,
+    none while it is unchanged, one for a shard rewritten since; and a shard rewritten between the
+    listing and its first read fails that read (If-Match), and the query lists and reads anew."""
+    from synthllm.listed_fs import ListedS3FileSystem
+
+    store = Store(StoreSettings(url="s3://synthllm-test/kept", s3_endpoint_url=s3_endpoint))
+    for shard in range(5):
+        store.write_shard("failures", f"s{shard}", failure_rows(f"r{shard}", shard + 1))
+    calls = counted_s3_calls(monkeypatch)
+    sql = "SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason"
+    assert store.query(sql, tables=["failures"]).rows() == [(f"r{shard}", shard + 1) for shard in range(5)]
+    assert calls.count("get_object") == 5, calls
+    calls.clear()
+    assert store.query(sql, tables=["failures"]).height == 5
+    assert calls == ["list_objects_v2"], calls
+    store.write_shard("failures", "s0", failure_rows("rewritten", 7))
+    calls.clear()
+    assert store.query(sql, tables=["failures"]).rows()[-1] == ("rewritten", 7)
+    assert calls == ["list_objects_v2", "get_object"], calls
+
+    store.write_shard("failures", "s5", failure_rows("new", 2))  # not read yet: nothing kept
+    remember = ListedS3FileSystem.remember
+    rewrites = [("s5", failure_rows("between", 3))]
+
+    def rewrite_after_listing(self, folder, details):
+        remember(self, folder, details)
+        while rewrites:
+            store.write_shard("failures", *rewrites.pop())
+
+    monkeypatch.setattr(ListedS3FileSystem, "remember", rewrite_after_listing)
+    calls.clear()
+    assert ("between", 3) in store.query(sql, tables=["failures"]).rows()
+    assert calls.count("list_objects_v2") == 2, calls  # the read that found s5 changed, then anew
+
+
+@pytest.mark.integration
 def test_a_file_check_read_or_listing_on_s3_is_one_request(s3_endpoint: str, monkeypatch) -> None:
     """s3fs follows a HEAD that finds no key with a listing (is it a folder?), and asks a file's size
     (a HEAD) before reading it: a missing plan, shard or failure file cost two round trips and each
