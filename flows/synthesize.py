@@ -19,10 +19,11 @@ from prefect.artifacts import create_table_artifact
 from flows.tracking import UPDATE_EVERY_S, Tracker, tracked
 from synthllm.lease import Lease
 from synthllm.plans import (
+    Planned,
+    StageFiles,
     covered_items,
     plan_items,
     plan_stage,
-    read_plan,
     select_documents,
     upstream_locations,
 )
@@ -60,6 +61,7 @@ class StageRunner:
         self.summaries: list[dict[str, Any]] = []
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
         self.out: dict[Any, tuple[str, str]] = {}  # future -> (stage, shard id)
+        self.files: dict[str, StageFiles] = {}  # stage -> its plans and outputs, listed at its first planning
 
     def run_all(self) -> None:
         while True:
@@ -104,9 +106,9 @@ class StageRunner:
                     self.schedule.submitted(stage.name, 1, swept=True)
                     continue
                 candidates = stage.candidates(self.run.store, self.run.settings, self.state)
-                shards = plan_stage(self.run.store, stage, self.run.settings, candidates,
-                                    stage.shard_size(self.run.settings), skip=planning.planned)
-                self._submit_shards(stage, shards, swept=True)
+                planned = plan_stage(self.run.store, stage, self.run.settings, candidates,
+                                     stage.shard_size(self.run.settings), self._files(stage), skip=planning.planned)
+                self._submit_shards(stage, planned, swept=True)
 
     def _stream(self, upstream_name: str, shard_id: str) -> None:
         """Plan the items ``upstream``'s new shard made ready for the stages waiting for it."""
@@ -123,23 +125,23 @@ class StageRunner:
                 continue
             planning.planned.update(pending)
             located, looked_up = upstream_locations(store, planning.stage, upstream, shard_id, pending)
-            shards = plan_items(store, planning.stage, settings, pending, planning.stage.shard_size(settings),
-                                located, looked_up)
-            self._submit_shards(planning.stage, shards, swept=False)
+            planned = plan_items(store, planning.stage, settings, pending, planning.stage.shard_size(settings),
+                                 self._files(planning.stage), located, looked_up)
+            self._submit_shards(planning.stage, planned, swept=False)
 
-    def _submit_shards(self, stage: Stage, shards: list[str], swept: bool) -> None:
+    def _files(self, stage: Stage) -> StageFiles:
+        if stage.name not in self.files:
+            self.files[stage.name] = StageFiles.listed(self.run.store, stage)
+        return self.files[stage.name]
+
+    def _submit_shards(self, stage: Stage, planned: Planned, swept: bool) -> None:
         """Submit a stage's new shards; ``swept``: they are its full plan (no more streaming)."""
-        size = stage.shard_size(self.run.settings)
-        # every shard but the last is full: one plan read gives the item count
-        items = 0
-        if shards:
-            items = (len(shards) - 1) * size + len(read_plan(self.run.store, stage.name, shards[-1]).item_ids)
-        self.tracker.plan(stage.name, len(shards), items)
-        for shard_id in shards:
+        self.tracker.plan(stage.name, len(planned.shard_ids), planned.items)
+        for shard_id in planned.shard_ids:
             self._submit(stage.name, shard_id, self.task, {
                 "stage": stage.name, "shard_id": shard_id, "settings_payload": self.payload_text,
                 "run_id": self.run.run_id})
-        self.schedule.submitted(stage.name, len(shards), swept=swept)
+        self.schedule.submitted(stage.name, len(planned.shard_ids), swept=swept)
 
     def _submit(self, name: str, shard_id: str, task, parameters: dict[str, Any]) -> None:
         self.leases[name].check()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 import pyarrow as pa
@@ -56,17 +56,44 @@ class ShardPlan:
         return self.lookup_shards.get(table) or None
 
 
+@dataclass(frozen=True)
+class StageFiles:
+    """A stage's plans and output shards in the store, listed when its planning in a run begins.
+
+    Planning asks two things per shard: is its plan written (a rerun finds its shards planned),
+    and has its output been written (then its items were uncovered again for a retry, and it gets
+    a fresh id). Asked of the store, that was two HEAD requests per shard on S3; one listing of
+    each folder per stage and run answers them all. Nothing else plans the stage meanwhile (the
+    run holds its lease), and the plans this run writes are added as it writes them."""
+
+    plans: set[str]
+    outputs: set[str]
+
+    @classmethod
+    def listed(cls, store: Store, stage: Stage) -> StageFiles:
+        plans = store.glob(plan_path(store, stage.name, "*"))
+        return cls({path.rsplit("/", 1)[1].removesuffix(".parquet") for path in plans}, store.shard_ids(stage.table))
+
+
+class Planned(NamedTuple):
+    """The shards a planning call wrote, and how many items they hold."""
+
+    shard_ids: list[str]
+    items: int
+
+
 def plan_stage(store: Store, stage: Stage, settings: Settings, candidates: Sequence[str], shard_size: int,
-               skip: Collection[str] = ()) -> list[str]:
+               files: StageFiles, skip: Collection[str] = ()) -> Planned:
     """Shards of the candidates not covered yet (nor in ``skip``: planned earlier in this run):
     new documents form new shards and finished shards are not re-planned."""
     covered = covered_items(store, stage, settings)
     return plan_items(store, stage, settings, [i for i in candidates if i not in covered and i not in skip],
-                      shard_size)
+                      shard_size, files)
 
 
 def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str], shard_size: int,
-               located: dict[str, str] | None = None, looked_up: dict[str, list[str]] | None = None) -> list[str]:
+               files: StageFiles, located: dict[str, str] | None = None,
+               looked_up: dict[str, list[str]] | None = None) -> Planned:
     """Shards of items known to be uncovered, grouped by the source shard holding them.
     ``located`` / ``looked_up``: where the items' rows are, when the caller knows (a shard
     streamed from, ``upstream_locations``); the table scans of ``locate`` and
@@ -80,9 +107,9 @@ def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str
     for item in pending:  # one pass: the coordinator plans every item of the run
         groups.setdefault((located.get(item, ""), tuple(looked_up.get(item, ()))), []).append(item)
     pending = [item for members in groups.values() for item in members]  # first-seen groups, candidate order within
-    shard_ids = write_plans(store, stage, pending, shard_size, stage.plan_key(settings), located, looked_up)
+    shard_ids = write_plans(store, stage, pending, shard_size, stage.plan_key(settings), files, located, looked_up)
     stage.prepare(store, settings, shard_ids)
-    return shard_ids
+    return Planned(shard_ids, len(pending))
 
 
 def upstream_locations(store: Store, stage: Stage, upstream: Stage, shard_id: str, item_ids: Sequence[str]
@@ -143,7 +170,7 @@ def locate_lookups(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[
     return {item: sorted(names) for item, names in found.items()}
 
 
-def write_plans(store: Store, stage: Stage, item_ids: Sequence[str], shard_size: int, key: Any,
+def write_plans(store: Store, stage: Stage, item_ids: Sequence[str], shard_size: int, key: Any, files: StageFiles,
                 located: dict[str, str] | None = None, looked_up: dict[str, list[str]] | None = None) -> list[str]:
     """Chunk item ids into shards named by their content and ``key``.
 
@@ -155,14 +182,14 @@ def write_plans(store: Store, stage: Stage, item_ids: Sequence[str], shard_size:
         chunk = list(item_ids[start : start + shard_size])
         base = f"{stage.name}-{stable_hash(chunk, key)}"
         shard_id, attempt = base, 1
-        while store.has_shard(stage.table, shard_id):
+        while shard_id in files.outputs:
             shard_id, attempt = f"{base}-r{attempt}", attempt + 1
-        path = plan_path(store, stage.name, shard_id)
-        if not store.exists(path):
-            store.write_parquet(path, pa.table({
+        if shard_id not in files.plans:
+            store.write_parquet(plan_path(store, stage.name, shard_id), pa.table({
                 "item_id": pa.array(chunk, pa.string()),
                 "source_shard": pa.array([located.get(i) for i in chunk], pa.string()),
                 "lookup_shards": pa.array([looked_up.get(i, []) for i in chunk], pa.list_(pa.string()))}))
+            files.plans.add(shard_id)
         shard_ids.append(shard_id)
     return shard_ids
 

@@ -83,3 +83,25 @@ def s3_endpoint():
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="synthllm-test")
     yield endpoint
     server.stop()
+
+
+@pytest.fixture
+def count_s3_calls(monkeypatch):
+    """Call it to record the S3 API calls s3fs sends from then on (a request each), in order."""
+
+    def start() -> list[str]:
+        import s3fs
+        from fsspec.asyn import sync_wrapper
+
+        calls: list[str] = []
+        call_s3 = s3fs.S3FileSystem._call_s3
+
+        async def counting(self, method, *args, **kwargs):
+            calls.append(getattr(method, "__name__", str(method)))
+            return await call_s3(self, method, *args, **kwargs)
+
+        monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
+        monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", sync_wrapper(counting))  # s3fs's holds the original
+        return calls
+
+    return start

@@ -89,25 +89,8 @@ def test_a_stores_reads_share_one_database_and_each_connection_has_its_own_views
     assert opened == ["db"]
 
 
-def counted_s3_calls(monkeypatch) -> list[str]:
-    """The S3 API calls s3fs sends from now on (a request each), in order."""
-    import s3fs
-    from fsspec.asyn import sync_wrapper
-
-    calls: list[str] = []
-    call_s3 = s3fs.S3FileSystem._call_s3
-
-    async def counting(self, method, *args, **kwargs):
-        calls.append(getattr(method, "__name__", str(method)))
-        return await call_s3(self, method, *args, **kwargs)
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
-    monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", sync_wrapper(counting))  # s3fs's holds the original
-    return calls
-
-
 @pytest.mark.integration
-def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_endpoint: str, monkeypatch) -> None:
+def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_endpoint: str, count_s3_calls) -> None:
     """DuckDB asked s3fs for each shard's details again and again while it bound a view and ran a
     query: 18 HEAD requests per shard per query (91 over five shards), each a round trip on S3.
     The one listing request the query starts with has them all, and a shard rewritten since is
@@ -115,7 +98,7 @@ def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_end
     store = Store(StoreSettings(url="s3://synthllm-test/details", s3_endpoint_url=s3_endpoint))
     for shard in range(5):
         store.write_shard("failures", f"s{shard}", failure_rows(f"r{shard}", shard + 1))
-    calls = counted_s3_calls(monkeypatch)
+    calls = count_s3_calls()
     counts = store.query("SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason",
                          tables=["failures"])
     assert counts.rows() == [(f"r{shard}", shard + 1) for shard in range(5)]
@@ -128,7 +111,8 @@ def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_end
 
 
 @pytest.mark.integration
-def test_a_query_reads_each_small_s3_shard_once_and_a_rewritten_one_anew(s3_endpoint: str, monkeypatch) -> None:
+def test_a_query_reads_each_small_s3_shard_once_and_a_rewritten_one_anew(
+        s3_endpoint: str, count_s3_calls, monkeypatch) -> None:
     """DuckDB 2.0 opens each shard three times a query, and each open of a small file read all of
     it: four GETs a shard. A small shard's bytes are kept by name and ETag: one GET the first time,
     none while it is unchanged, one for a shard rewritten since; and a shard rewritten between the
@@ -138,7 +122,7 @@ def test_a_query_reads_each_small_s3_shard_once_and_a_rewritten_one_anew(s3_endp
     store = Store(StoreSettings(url="s3://synthllm-test/kept", s3_endpoint_url=s3_endpoint))
     for shard in range(5):
         store.write_shard("failures", f"s{shard}", failure_rows(f"r{shard}", shard + 1))
-    calls = counted_s3_calls(monkeypatch)
+    calls = count_s3_calls()
     sql = "SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason"
     assert store.query(sql, tables=["failures"]).rows() == [(f"r{shard}", shard + 1) for shard in range(5)]
     assert calls.count("get_object") == 5, calls
@@ -166,7 +150,7 @@ def test_a_query_reads_each_small_s3_shard_once_and_a_rewritten_one_anew(s3_endp
 
 
 @pytest.mark.integration
-def test_a_file_check_read_or_listing_on_s3_is_one_request(s3_endpoint: str, monkeypatch) -> None:
+def test_a_file_check_read_or_listing_on_s3_is_one_request(s3_endpoint: str, count_s3_calls) -> None:
     """s3fs follows a HEAD that finds no key with a listing (is it a folder?), and asks a file's size
     (a HEAD) before reading it: a missing plan, shard or failure file cost two round trips and each
     read two. A coordinator checks two per planned shard, and a shard task reads its plan, inputs
@@ -175,7 +159,7 @@ def test_a_file_check_read_or_listing_on_s3_is_one_request(s3_endpoint: str, mon
     store = Store(StoreSettings(url="s3://synthllm-test/one-request", s3_endpoint_url=s3_endpoint))
     store.write_shard("failures", "here", failure_rows("r", 2))
     store.write_bytes(store.path("notes", "a.json"), b'{"a": 1}')
-    calls = counted_s3_calls(monkeypatch)
+    calls = count_s3_calls()
     checks = [store.has_shard("failures", "here"), store.has_shard("failures", "missing"),
               store.exists(store.path("notes", "a.json")), store.exists(store.path("notes", "none.json")),
               store.exists(store.path("notes"))]  # a folder is not a file
