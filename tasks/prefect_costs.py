@@ -14,10 +14,10 @@ import inspect
 import json
 import ssl
 import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any
 
+import cachetools
 import certifi
 import prefect.client.orchestration
 import prefect.flow_engine
@@ -75,27 +75,15 @@ def serialize_settings_once() -> None:
     SettingsContext.serialize = serialize
 
 
-class _HydratedSettings:
+def _settings_key(serialized: dict[str, Any]) -> str:
+    return json.dumps(serialized, sort_keys=True, default=str)
+
+
+@cachetools.cached(cachetools.LRUCache(maxsize=8), key=_settings_key, lock=threading.Lock())
+def _built_settings(serialized: dict[str, Any]) -> Any:
     """The Prefect settings a worker built from the serialized settings its tasks brought, by
     their content (the last few: one per flow run's settings context in practice)."""
-
-    def __init__(self, keep: int = 8) -> None:
-        self.keep, self.lock, self.built = keep, threading.Lock(), OrderedDict()
-
-    def settings_context(self, serialized: dict[str, Any]) -> dict[str, Any]:
-        """``serialized`` with its settings already built: Prefect's own validation, once per content."""
-        key = json.dumps(serialized, sort_keys=True, default=str)
-        with self.lock:
-            settings = self.built.get(key)
-            if settings is not None:
-                self.built.move_to_end(key)
-        if settings is None:
-            settings = SettingsContext(**serialized).settings
-            with self.lock:
-                self.built[key] = settings
-                while len(self.built) > self.keep:
-                    self.built.popitem(last=False)
-        return {**serialized, "settings": settings}
+    return SettingsContext(**serialized).settings
 
 
 def hydrate_settings_once() -> None:
@@ -111,13 +99,13 @@ def hydrate_settings_once() -> None:
     original = getattr(prefect.task_engine, "hydrated_context", None)
     if original is None or getattr(original, "settings_once", False):
         return
-    hydrated = _HydratedSettings()
 
     @functools.wraps(original)
     def hydrated_context(serialized_context: dict[str, Any] | None = None, client=None):
         serialized = (serialized_context or {}).get("settings_context")
         if isinstance(serialized, dict) and isinstance(serialized.get("settings"), dict):
-            serialized_context = {**serialized_context, "settings_context": hydrated.settings_context(serialized)}
+            built = {**serialized, "settings": _built_settings(serialized)}
+            serialized_context = {**serialized_context, "settings_context": built}
         return original(serialized_context, client)
 
     hydrated_context.settings_once = True
