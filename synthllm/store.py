@@ -25,7 +25,8 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -53,6 +54,12 @@ _FILE_ERRORS = (duckdb.IOException, duckdb.InvalidInputException)
 
 class StoreError(RuntimeError):
     """The store cannot be reached or holds something unexpected (the message names the file)."""
+
+
+class StoreAccessDenied(PermissionError):
+    """The backend refused a request (S3's 403). S3 names neither the key nor the cause, and a
+    HEAD's 403 has no body at all: this names the file and what to check. Not a missing file and
+    not a corrupt one: nothing is re-planned or asked again because of it."""
 
 
 def sql_literal(value: str) -> str:
@@ -210,6 +217,16 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - any backend error means unreachable
             raise StoreError(f"store {self.url} is unreachable: {type(exc).__name__}: {exc}") from exc
 
+    @contextmanager
+    def _naming_denials(self, path: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreAccessDenied:
+            raise
+        except PermissionError as exc:
+            raise StoreAccessDenied(f"{path}: access denied ({exc}); check the credentials and the bucket "
+                                    f"policy or folder permissions for store {self.url}") from exc
+
     def exists(self, path: str) -> bool:
         """Whether the file ``path`` exists: on S3 one HEAD request. (s3fs's ``exists`` follows a
         missing key with a listing, to tell a folder, and every check here is for a file.)"""
@@ -217,26 +234,29 @@ class Store:
             return self.fs.isfile(path)
         bucket, key, _ = self.fs.split_path(path)
         try:
-            self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+            with self._naming_denials(path):
+                self.fs.call_s3("head_object", Bucket=bucket, Key=key)
         except FileNotFoundError:
             return False
         return True
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write a whole file atomically (local: temp + rename; S3 PUT is atomic)."""
-        if self.is_s3:
-            self.fs.pipe_file(path, data)
-            return
-        parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-        self.fs.pipe_file(tmp, data)
-        self.fs.mv(tmp, path)
+        with self._naming_denials(path):
+            if self.is_s3:
+                self.fs.pipe_file(path, data)
+                return
+            parent = path.rsplit("/", 1)[0]
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, path)
 
     def read_bytes(self, path: str) -> bytes:
         # S3: one GET. With more than one connection per file s3fs asks the size first (a HEAD),
         # to split large files; the store's files are shards, plans and records.
-        return self.fs.cat_file(path, max_concurrency=1) if self.is_s3 else self.fs.cat_file(path)
+        with self._naming_denials(path):
+            return self.fs.cat_file(path, max_concurrency=1) if self.is_s3 else self.fs.cat_file(path)
 
     def write_text(self, path: str, text: str) -> None:
         self.write_bytes(path, text.encode("utf-8"))
@@ -254,14 +274,15 @@ class Store:
         """The files directly in ``folder`` with their details (none when it is not there yet). On S3
         one listing request (a page per 1,000 files): s3fs's ``find`` made three for a folder not
         there yet, its ``glob`` five, its ``ls`` two, each a round trip."""
-        if self.is_s3:
-            entries = fsspec.asyn.sync(self.fs.loop, self.fs._lsdir, self.fs._strip_protocol(folder).rstrip("/"),
-                                       refresh=True)
-            return {f"s3://{entry['name']}": entry for entry in entries if entry["type"] == "file"}
-        try:
-            return {entry["name"]: entry for entry in self.fs.ls(folder, detail=True) if entry["type"] == "file"}
-        except FileNotFoundError:
-            return {}
+        with self._naming_denials(folder):
+            if self.is_s3:
+                entries = fsspec.asyn.sync(self.fs.loop, self.fs._lsdir, self.fs._strip_protocol(folder).rstrip("/"),
+                                           refresh=True)
+                return {f"s3://{entry['name']}": entry for entry in entries if entry["type"] == "file"}
+            try:
+                return {entry["name"]: entry for entry in self.fs.ls(folder, detail=True) if entry["type"] == "file"}
+            except FileNotFoundError:
+                return {}
 
     def write_parquet(self, path: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
@@ -320,10 +341,12 @@ class Store:
     def check_file(self, path: str) -> str | None:
         """Why a Parquet file cannot be read (footer and every row group), or None if it can."""
         try:
-            with self.fs.open(path, "rb") as handle:
+            with self._naming_denials(path), self.fs.open(path, "rb") as handle:
                 parquet = pq.ParquetFile(handle)
                 for index in range(parquet.num_row_groups):
                     parquet.read_row_group(index)
+        except StoreAccessDenied:
+            raise  # a refused read says nothing about the file
         except Exception as exc:  # noqa: BLE001 - any decoding or I/O error makes the file unusable
             return f"{type(exc).__name__}: {exc}"
         return None

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from synthllm.settings import StoreSettings
 from synthllm.status import store_status
-from synthllm.store import Store, StoreError, sql_literal
+from synthllm.store import Store, StoreAccessDenied, StoreError, sql_literal
 
 
 def failure_rows(reason: str, n: int = 1) -> list[dict]:
@@ -147,6 +147,63 @@ def test_a_query_reads_each_small_s3_shard_once_and_a_rewritten_one_anew(
     calls.clear()
     assert ("between", 3) in store.query(sql, tables=["failures"]).rows()
     assert calls.count("list_objects_v2") == 2, calls  # the read that found s5 changed, then anew
+
+
+@pytest.fixture
+def refusing_s3(monkeypatch):
+    """An S3 endpoint on 127.0.0.1 that refuses every request (403), as S3 does for a key the
+    credentials or the bucket policy do not allow: a HEAD's reply has no body, the others name
+    neither the key nor the cause."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refusing(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _refuse(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"" if self.command == "HEAD" else (
+                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                b"<Message>Access Denied</Message></Error>")
+            self.send_response(403)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET = do_PUT = do_POST = do_DELETE = _refuse
+
+        def log_message(self, *args) -> None:
+            pass
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.integration
+def test_a_refused_s3_request_names_the_file_and_is_not_read_as_missing(refusing_s3: str) -> None:
+    """S3 answers a HEAD it refuses with a bare 403: s3fs raised "Forbidden", naming no key and no
+    cause. A check, read, write or listing refused now names the file and what to check, and a
+    refused check is not taken for a missing file (planning would take a shard for not done)."""
+    store = Store(StoreSettings(url="s3://synthllm-denied/run", s3_endpoint_url=refusing_s3))
+    plan = store.path("plans", "level1", "level1-abc.parquet")
+    attempts = {
+        plan: lambda: store.exists(plan),
+        store.shard_path("questions", "level1-abc"): lambda: store.has_shard("questions", "level1-abc"),
+        store.path("runs", "a.json"): lambda: store.read_bytes(store.path("runs", "a.json")),
+        store.path("runs", "b.json"): lambda: store.write_bytes(store.path("runs", "b.json"), b"{}"),
+        store.path("tables", "failures"): lambda: store.table_files("failures"),
+    }
+    for path, attempt in attempts.items():
+        with pytest.raises(StoreAccessDenied) as refused:
+            attempt()
+        assert str(refused.value).startswith(f"{path}: access denied"), refused.value
+        assert "bucket policy" in str(refused.value) and isinstance(refused.value, PermissionError)
 
 
 @pytest.mark.integration
