@@ -56,7 +56,7 @@ class ShardPlan:
         return self.lookup_shards.get(table) or None
 
 
-@dataclass(frozen=True)
+@dataclass
 class StageFiles:
     """A stage's plans and output shards in the store, listed when its planning in a run begins.
 
