@@ -38,3 +38,40 @@ def test_planning_on_s3_lists_a_stage_once_per_run_not_two_heads_per_shard(s3_en
     assert again.shard_ids == [f"{first.shard_ids[0]}-r1", first.shard_ids[1]]
     assert calls == ["list_objects_v2"] * 2 + ["put_object"], calls  # the second shard's plan is there
     assert read_plan(store, "level1", again.shard_ids[0]).item_ids == items[:2]
+
+
+@pytest.mark.integration
+def test_reruns_on_s3_through_an_http_server_ask_nothing_again_and_keep_their_plans(
+        prefect_harness, s3_endpoint: str, sample_dir) -> None:
+    """The whole synthesize on a real S3 endpoint, every prompt over HTTP. The same run again
+    plans from its one listing per stage and finds everything done: it asks the server nothing
+    and writes no plan. Grown to more documents, it plans the new ones beside the plans it has."""
+    from openai_pipeline import openai_overrides, pipeline_server
+
+    from flows.synthesize import synthesize_flow
+    from synthllm.ingest import expand_sources, ingest_file
+
+    url = f"s3://synthllm-test/{uuid.uuid4().hex}"
+    overrides = {"store.s3_endpoint_url": s3_endpoint, "filter.enabled": False, "generation.max_documents": 4,
+                 "generation.shard_size": 3, "generation.max_combinations": 6, "ingest.shard_size": 80}
+    settings = load_settings(overrides=overrides, store=url)
+    store = Store(settings.store)
+    for source in expand_sources([str(sample_dir / "openstax-algebra.jsonl")], settings.store):
+        ingest_file(store, settings, "ingest", source)
+
+    def plans() -> dict[str, str]:
+        return {path: store.fs.info(path)["LastModified"] for path in store.glob(store.path("plans", "*", "*.parquet"))}
+
+    with pipeline_server() as server:
+        run = {**overrides, **openai_overrides(server)}
+        synthesize_flow(store=url, overrides=run)
+        first_plans, first_asked = plans(), server.total_received
+        questions = store.read_table("questions").height
+        assert first_asked > 0 and questions > 0 and len(first_plans) > 3
+        synthesize_flow(store=url, overrides=run)
+        assert (server.total_received, plans(), store.read_table("questions").height) == (
+            first_asked, first_plans, questions)
+        synthesize_flow(store=url, overrides={**run, "generation.max_documents": 8})
+        assert server.total_received > first_asked
+    grown = plans()
+    assert len(grown) > len(first_plans) and {path: grown[path] for path in first_plans} == first_plans
