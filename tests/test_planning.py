@@ -52,8 +52,8 @@ def test_reruns_on_s3_through_an_http_server_ask_nothing_again_and_keep_their_pl
     from synthllm.ingest import expand_sources, ingest_file
 
     url = f"s3://synthllm-test/{uuid.uuid4().hex}"
-    overrides = {"store.s3_endpoint_url": s3_endpoint, "filter.enabled": False, "generation.max_documents": 4,
-                 "generation.shard_size": 3, "generation.max_combinations": 6, "ingest.shard_size": 80}
+    overrides = {"store.s3_endpoint_url": s3_endpoint, "filter.enabled": False, "generation.max_documents": 3,
+                 "generation.shard_size": 3, "generation.max_combinations": 3, "ingest.shard_size": 80}
     settings = load_settings(overrides=overrides, store=url)
     store = Store(settings.store)
     for source in expand_sources([str(sample_dir / "openstax-algebra.jsonl")], settings.store):
@@ -71,7 +71,7 @@ def test_reruns_on_s3_through_an_http_server_ask_nothing_again_and_keep_their_pl
         synthesize_flow(store=url, overrides=run)
         assert (server.total_received, plans(), store.read_table("questions").height) == (
             first_asked, first_plans, questions)
-        synthesize_flow(store=url, overrides={**run, "generation.max_documents": 8})
+        synthesize_flow(store=url, overrides={**run, "generation.max_documents": 5})
         assert server.total_received > first_asked
     grown = plans()
     assert len(grown) > len(first_plans) and {path: grown[path] for path in first_plans} == first_plans
