@@ -97,39 +97,48 @@ def test_sigkill_mid_generation_then_rerun(store_url: str, sample_dir: Path, tmp
     assert not answered & set(gated["question_id"])  # no answer is asked for a question the gate turned down
 
 
+def synthesized_dataset(url: str, sample_dir: Path, env: dict[str, str], *options: str) -> tuple[pl.DataFrame, ...]:
+    """Ingest the sample into ``url``, synthesize with two shard workers and one item a shard, and
+    return its questions and answers in a stable order."""
+    ingest(url, sample_dir)
+    result = subprocess.run(
+        synthesize_command(url, *options, "--set", "orchestration.task_workers=2", "--set", "generation.shard_size=1"),
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # one Prefect API for the run: worker processes report to the flow's (they used to start their own)
+    assert result.stderr.count("Starting temporary server on") == 1, (options, result.stderr[-3000:])
+    store = Store(url)
+    dataset = (store.read_table("questions").select("question_id", "question", "doc_ids").sort("question_id"),
+               store.read_table("answers").select("question_id", "answer").sort("question_id"))
+    assert dataset[0].height > 0
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def thread_dataset(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.DataFrame, ...]:
+    """The default thread runner's dataset, made once for every process runner to be compared with."""
+    root = tmp_path_factory.mktemp("thread-runner")
+    return synthesized_dataset(str(root / "store"), sample_dir, command_env(root / "prefect"),
+                               "--set", "orchestration.task_runner=thread")
+
+
 @pytest.mark.parametrize("runner", ["dask", "dask-cluster", "ray"])
-def test_process_runners_give_the_same_dataset(runner: str, sample_dir: Path, tmp_path: Path) -> None:
+def test_process_runners_give_the_same_dataset(runner: str, thread_dataset: tuple[pl.DataFrame, ...],
+                                               sample_dir: Path, tmp_path: Path) -> None:
     """Shards in Dask or (local) Ray worker processes: the same dataset as threads, one Prefect API.
     ``dask-cluster``: a Dask cluster already running (``orchestration.dask_address``), as a
     deployment's; the CLI run's temporary API reaches its workers through the tasks' settings."""
     pytest.importorskip(f"prefect_{runner.split('-')[0]}")
-    stores = {"thread": str(tmp_path / "thread-store"), runner: str(tmp_path / f"{runner}-store")}
-    options = {name: ["--set", f"orchestration.task_runner={name}"] for name in ("thread", "dask", "ray")}
+    options = ["--set", f"orchestration.task_runner={runner.split('-')[0]}"]
     cluster = None
     if runner == "dask-cluster":
         from distributed import LocalCluster
 
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-        options[runner] = options["dask"] + ["--set", f"orchestration.dask_address={cluster.scheduler_address}"]
-    env = command_env(tmp_path / "prefect")
-    datasets = {}
+        options += ["--set", f"orchestration.dask_address={cluster.scheduler_address}"]
     try:
-        for name, url in stores.items():
-            ingest(url, sample_dir)
-            result = subprocess.run(
-                synthesize_command(url, *options[name], "--set", "orchestration.task_workers=2",
-                                   "--set", "generation.shard_size=1"),
-                env=env, capture_output=True, text=True, timeout=900,
-            )
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-            # one Prefect API for the run: worker processes report to the flow's (they used to start their own)
-            assert result.stderr.count("Starting temporary server on") == 1, (name, result.stderr[-3000:])
-            store = Store(url)
-            datasets[name] = (
-                store.read_table("questions").select("question_id", "question", "doc_ids").sort("question_id"),
-                store.read_table("answers").select("question_id", "answer").sort("question_id"),
-            )
-            assert datasets[name][0].height > 0
+        dataset = synthesized_dataset(str(tmp_path / "store"), sample_dir, command_env(tmp_path / "prefect"), *options)
         if cluster is not None:  # the shards ran in the cluster's workers
             computed = {name: prefix.all_durations.get("compute", 0.0)
                         for name, prefix in cluster.scheduler.task_prefixes.items()}
@@ -137,5 +146,5 @@ def test_process_runners_give_the_same_dataset(runner: str, sample_dir: Path, tm
     finally:
         if cluster is not None:
             cluster.close()
-    assert datasets[runner][0].equals(datasets["thread"][0])
-    assert datasets[runner][1].equals(datasets["thread"][1])
+    assert dataset[0].equals(thread_dataset[0])
+    assert dataset[1].equals(thread_dataset[1])
