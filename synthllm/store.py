@@ -229,14 +229,16 @@ class Store:
 
     def exists(self, path: str) -> bool:
         """Whether the file ``path`` exists: on S3 one HEAD request. (s3fs's ``exists`` follows a
-        missing key with a listing, to tell a folder, and every check here is for a file.)"""
-        if not self.is_s3:
-            return self.fs.isfile(path)
-        bucket, key, _ = self.fs.split_path(path)
+        missing key with a listing, to tell a folder, and every check here is for a file.) A check
+        refused is :class:`StoreAccessDenied`, not "missing": in a folder the process may not search,
+        fsspec's ``isfile`` said False, and a shard done by another user's run was done again."""
         try:
             with self._naming_denials(path):
+                if not self.is_s3:
+                    return self.fs.info(path)["type"] == "file"
+                bucket, key, _ = self.fs.split_path(path)
                 self.fs.call_s3("head_object", Bucket=bucket, Key=key)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
         return True
 

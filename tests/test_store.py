@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -204,6 +206,79 @@ def test_a_refused_s3_request_names_the_file_and_is_not_read_as_missing(refusing
             attempt()
         assert str(refused.value).startswith(f"{path}: access denied"), refused.value
         assert "bucket policy" in str(refused.value) and isinstance(refused.value, PermissionError)
+
+
+def checks_as_another_user(checks: Callable[[], object]) -> object:
+    """``checks()`` in a process that folder permissions apply to: as root (which they do not stop),
+    a forked child that becomes ``nobody`` first and sends back what it returned or raised."""
+    if os.geteuid() != 0:
+        try:
+            return checks()
+        except Exception as exc:  # noqa: BLE001 - handed back like the child's
+            return exc
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery from here on, and always exits
+        code = 0
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                outcome = checks()
+            except Exception as exc:  # noqa: BLE001 - handed back to the parent
+                outcome = exc
+            os.write(write_end, pickle.dumps(outcome))
+        except BaseException:  # noqa: BLE001 - the parent reports an empty reply
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reply:
+        data = reply.read()
+    os.waitpid(pid, 0)
+    assert data, "the child process checking as another user sent nothing back"
+    return pickle.loads(data)
+
+
+@pytest.fixture
+def shared_folder() -> Iterator[Path]:
+    """A folder every user may search (pytest's own temporary folders are their owner's only)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="synthllm-shared-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_file_check_refused_in_a_local_folder_names_the_file_and_is_not_read_as_missing(shared_folder: Path) -> None:
+    """On a local folder the process may not search, fsspec's ``isfile`` answered False, so a done
+    shard looked missing and was asked of the engine again. The check now raises
+    ``StoreAccessDenied`` naming the file; a file that is not there is still False."""
+    store = Store(StoreSettings(url=str(shared_folder / "store")))
+    store.write_shard("failures", "done", failure_rows("r", 1))
+    store.write_bytes(store.path("notes", "a.json"), b"{}")
+    done = store.shard_path("failures", "done")
+    tables = store.path("tables")
+    for folder in Path(store.url).rglob("*"):
+        if folder.is_dir():
+            folder.chmod(0o755)
+    Path(tables).chmod(0o700 if os.geteuid() == 0 else 0o000)  # its owner (root) only, or no one
+    try:
+        outcome = checks_as_another_user(lambda: (store.exists(store.path("notes", "a.json")),
+                                                  store.exists(store.path("notes", "none.json"))))
+        assert outcome == (True, False), outcome
+        refused = checks_as_another_user(lambda: store.exists(done))
+        assert isinstance(refused, StoreAccessDenied), refused
+        assert str(refused).startswith(f"{done}: access denied") and "folder permissions" in str(refused), refused
+        refused = checks_as_another_user(lambda: store.has_shard("failures", "done"))
+        assert isinstance(refused, StoreAccessDenied), refused
+    finally:
+        Path(tables).chmod(0o755)
+    assert store.exists(done)
 
 
 @pytest.mark.integration
