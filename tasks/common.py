@@ -32,10 +32,11 @@ SHARD_CACHE_POLICY = INPUTS - "run_id" + TASK_SOURCE
 
 
 def open_payload(settings_payload: dict[str, Any] | str) -> tuple[Settings, Store]:
-    """The one way a task turns its settings parameter back into settings and a store."""
+    """The one way a task turns its settings parameter back into settings and a store (the one
+    its process's tasks share for those store settings)."""
     freeze_startup_objects()  # a worker process's first task: see synthllm.runs
     settings = settings_from_payload(settings_payload)
-    return settings, Store(settings.store)
+    return settings, Store.shared(settings.store)
 
 
 def engine_slot(settings: Settings):

@@ -428,3 +428,35 @@ def test_a_process_freezes_its_startup_objects_once(tmp_path: Path, entry: str) 
     assert out["after"] > 50_000  # the imported libraries' objects
     assert out["after_second_call"] == out["after"]
     assert out["threshold"] == out["expected_threshold"]
+
+
+def test_a_process_s_shard_tasks_share_one_store_and_its_database(tmp_path: Path, monkeypatch) -> None:
+    """Each shard task opened a Store of its own, and with its first query a DuckDB database (about
+    18 ms of CPU): the tasks a worker process runs for one store now share one; a task for another
+    store gets that store's."""
+    from synthllm.settings import load_settings, settings_payload
+    from tasks.common import open_payload
+
+    opened = []
+    connect = duckdb.connect
+    monkeypatch.setattr(duckdb, "connect", lambda *args, **kwargs: opened.append(1) or connect(*args, **kwargs))
+    here = settings_payload(load_settings(None, {"filter.enabled": False}, str(tmp_path / "here")))
+    there = settings_payload(load_settings(None, {"filter.enabled": False}, str(tmp_path / "there")))
+    Store(StoreSettings(url=str(tmp_path / "here"))).write_shard("failures", "f", failure_rows("r", 2))
+    Store(StoreSettings(url=str(tmp_path / "there"))).write_shard("failures", "f", failure_rows("r", 1))
+
+    def failures(store: Store) -> int:
+        con = store.connect(["failures"])
+        try:
+            return con.execute("SELECT count(*) FROM failures").fetchone()[0]
+        finally:
+            con.close()
+
+    opened.clear()
+    for payload in (here, json.dumps(here)):  # two shard tasks, the payload as a dict and as JSON text
+        _, store = open_payload(payload)
+        assert failures(store) == 2
+    assert len(opened) == 1
+    _, elsewhere = open_payload(there)
+    assert elsewhere.url == str(tmp_path / "there") and failures(elsewhere) == 1
+    assert len(opened) == 2
