@@ -15,12 +15,13 @@ Four parts, one JSON object on stdout (issue 13):
 - ``workers``: the synthesize flow on the Dask task runner with 2 worker processes vs 1 (stand-in),
   on a temporary cluster the run starts and on a running one that has served a small first run
   (a deployment's steady state), the latter with infra/dask's settings and with Dask's own; CPU
-  by process (flow, Prefect API, workers) beside the wall.
+  by process (flow, Prefect API, workers) beside the wall; ``--worker-pairs`` pairs of each,
+  alternated, and their median.
 - ``loopback``: the synthesize flow through the openai backend against one instant server on
   127.0.0.1: requests/s and coordinator CPU per request, HTTP client included.
 
 Each measured run is a child process with its own Prefect home (an ephemeral API of its own), so
-peak RSS and CPU are per run. The default run takes about ten minutes on 2 cores; the big size goes
+peak RSS and CPU are per run. The default run takes about 20 minutes on 2 cores; the big size goes
 separately::
 
     python bench/pipeline_scale.py                                   # 10k documents, N = 1, 4, 8, workers
@@ -516,28 +517,35 @@ def part_loopback(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 def part_workers(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """One Dask worker against two, on a temporary cluster the run starts (its workers' start-up in
     the synthesize phase) and on a running one (``orchestration.dask_address``) with infra/dask's
-    settings, and with Dask's own (``running_stock``)."""
+    settings, and with Dask's own (``running_stock``). ``--worker-pairs`` pairs of each, one after
+    another: on a shared machine the same run's CPU moves by a third, so one pair's speed-up can be
+    1.3 or 1.9; the median of the pairs is the figure."""
     out: dict[str, Any] = {"documents": args.worker_documents, "task_runner": "dask"}
     cluster_flags = {"temporary": [], "running": ["--dask-cluster"],
                      "running_stock": ["--dask-cluster", "--dask-stock-settings"]}
     for cluster, flags in cluster_flags.items():
-        runs = {}
-        for workers in (1, 2):
-            work = root / f"workers-{cluster}-{workers}"
-            work.mkdir()
-            run = spawn(["--mode", "standin", "--documents", str(args.worker_documents), "--task-runner", "dask",
-                         "--task-workers", str(workers), *flags], work, args.timeout_s)
-            runs[workers] = {"synthesize": run["phases"]["synthesize"], "llm_requests": run["llm_requests"],
-                             "requests_per_s": run["synthesize_requests_per_s"],
-                             "flow_process_cpu_ms_per_request": run["flow_process_cpu_ms_per_request"],
-                             "worker_time_per_task": run["worker_time_per_task"]}
-        one_wall, two = runs[1]["synthesize"]["wall_s"], runs[2]["synthesize"]
-        out[f"{cluster}_cluster"] = {
-            "runs": runs, "speedup_2_vs_1": round(one_wall / two["wall_s"], 2),
-            # the most two workers could give: the two-worker run's CPU (workers, flow, API) spread
-            # evenly over both cores with none idle
-            "cpu_bound_speedup_2_vs_1": round(one_wall / (two["cpu_s"] / 2), 2)}
-    return {**out, "targets": {"speedup_2_vs_1": ">= 1.7 on 2 cores"}}
+        pairs = []
+        for pair in range(args.worker_pairs):
+            runs = {}
+            for workers in (1, 2):
+                work = root / f"workers-{cluster}-{pair}-{workers}"
+                work.mkdir()
+                run = spawn(["--mode", "standin", "--documents", str(args.worker_documents), "--task-runner", "dask",
+                             "--task-workers", str(workers), *flags], work, args.timeout_s)
+                runs[workers] = {"synthesize": run["phases"]["synthesize"], "llm_requests": run["llm_requests"],
+                                 "requests_per_s": run["synthesize_requests_per_s"],
+                                 "flow_process_cpu_ms_per_request": run["flow_process_cpu_ms_per_request"],
+                                 "worker_time_per_task": run["worker_time_per_task"]}
+            one_wall, two = runs[1]["synthesize"]["wall_s"], runs[2]["synthesize"]
+            # cpu_bound: the most two workers could give, the two-worker run's CPU (workers, flow,
+            # API) spread evenly over both cores with none idle
+            pairs.append({"runs": runs, "speedup_2_vs_1": round(one_wall / two["wall_s"], 2),
+                          "cpu_bound_speedup_2_vs_1": round(one_wall / (two["cpu_s"] / 2), 2)})
+        speedups = [pair["speedup_2_vs_1"] for pair in pairs]
+        out[f"{cluster}_cluster"] = {"pairs": pairs, "speedups": speedups,
+                                     "speedup_2_vs_1": round(statistics.median(speedups), 2),
+                                     "pairs_at_target": sum(speedup >= 1.7 for speedup in speedups)}
+    return {**out, "targets": {"speedup_2_vs_1": ">= 1.7 on 2 cores (the median of the pairs)"}}
 
 
 def override(text: str) -> tuple[str, Any]:
@@ -576,6 +584,7 @@ def main() -> None:
     parser.add_argument("--replica-task-workers", type=int, default=4,
                         help="shard threads of the flow (orchestration.task_workers) in the replicas part")
     parser.add_argument("--worker-documents", type=int, default=3000)
+    parser.add_argument("--worker-pairs", type=int, default=3, help="one-worker and two-worker runs, alternated")
     parser.add_argument("--loopback-documents", type=int, default=10_000)
     parser.add_argument("--timeout-s", type=float, default=7200)
     args = parser.parse_args()
