@@ -460,7 +460,6 @@ class Store:
         return target
 
 
-@cachetools.cached(cachetools.LRUCache(maxsize=8), lock=threading.Lock(),
-                   key=lambda settings: (settings.url, settings.s3_endpoint_url, settings.s3_region))
+@cachetools.cached(cachetools.LRUCache(maxsize=8), lock=threading.Lock(), key=lambda settings: settings.model_dump_json())
 def _shared_store(settings: StoreSettings) -> Store:
     return Store(settings)
