@@ -45,7 +45,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # pipeline_scale's corpus
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scale_corpus
 
 QUERY = "SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason"
 
@@ -126,7 +126,7 @@ def synthesize_requests(endpoint: str, documents: int, shard_size: int, counts: 
     """S3 requests of one synthesize per shard it ran, both ways, each on a store of its own."""
     from flows.ingest import ingest_flow
     from flows.synthesize import synthesize_flow
-    from pipeline_scale import write_corpus
+    from scale_corpus import write_corpus
 
     out: dict = {"documents": documents, "generation_shard_size": shard_size}
     with tempfile.TemporaryDirectory(prefix="s3-reads-") as tmp:
