@@ -15,8 +15,8 @@ Four parts, one JSON object on stdout (issue 13):
 - ``workers``: the synthesize flow on the Dask task runner with 2 worker processes vs 1 (stand-in),
   on a temporary cluster the run starts and on a running one that has served a small first run
   (a deployment's steady state), the latter with infra/dask's settings and with Dask's own; CPU
-  by process (flow, Prefect API, workers) beside the wall; ``--worker-pairs`` pairs of each,
-  alternated, and their median.
+  by process (flow, Prefect API, workers) and the flow process's by thread beside the wall;
+  ``--worker-pairs`` pairs of each, alternated, and their median.
 - ``loopback``: the synthesize flow through the openai backend against one instant server on
   127.0.0.1: requests/s and coordinator CPU per request, HTTP client included.
 
@@ -35,11 +35,13 @@ import importlib
 import itertools
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -80,6 +82,12 @@ class CpuMeter:
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         return live, reaped.ru_utime + reaped.ru_stime
 
+    def threads(self) -> dict[int, tuple[str, float]]:
+        """This process's threads' CPU seconds by thread id, under the name Python gives each thread
+        less its number (``native``: threads Python did not start, DuckDB's and Arrow's)."""
+        names = {t.native_id: re.sub(r"[-_]\d+(_\d+)?$", "", t.name) for t in threading.enumerate()}
+        return {t.id: (names.get(t.id, "native"), t.user_time + t.system_time) for t in self.me.threads()}
+
     @staticmethod
     def since(start: tuple[dict[int, tuple[str, float]], float], end: tuple[dict[int, tuple[str, float]], float]
               ) -> tuple[float, dict[str, float]]:
@@ -92,17 +100,25 @@ class CpuMeter:
 
 
 class Phases:
-    """Wall and CPU seconds per phase of one run."""
+    """Wall and CPU seconds per phase of one run, and the flow process's CPU by thread (its own
+    work, Dask's client and scheduler loop, Prefect's event loops, DuckDB's threads)."""
 
     def __init__(self) -> None:
         self.meter, self.figures = CpuMeter(), {}
 
     def run(self, name: str, call):
-        start, began, own = self.meter.snapshot(), time.perf_counter(), time.process_time()
+        start, threads = self.meter.snapshot(), self.meter.threads()
+        began, own = time.perf_counter(), time.process_time()
         value = call()
         cpu, by_kind = self.meter.since(start, self.meter.snapshot())
+        own = time.process_time() - own
+        by_thread: Counter[str] = Counter()
+        for tid, (thread, used) in self.meter.threads().items():
+            by_thread[thread] += used - threads.get(tid, (thread, 0.0))[1]
+        by_thread["threads_ended"] = own - sum(by_thread.values())  # threads that ended within the phase
         self.figures[name] = {"wall_s": round(time.perf_counter() - began, 2), "cpu_s": cpu,
-                              "flow_process_cpu_s": round(time.process_time() - own, 2), "cpu_s_by_process": by_kind}
+                              "flow_process_cpu_s": round(own, 2), "cpu_s_by_process": by_kind,
+                              "flow_cpu_s_by_thread": {k: round(v, 2) for k, v in by_thread.most_common() if v >= 0.01}}
         return value
 
 
