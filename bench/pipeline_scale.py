@@ -89,12 +89,18 @@ class CpuMeter:
         return {t.id: (names.get(t.id, "native"), t.user_time + t.system_time) for t in self.me.threads()}
 
     @staticmethod
+    def by_name(start: dict[int, tuple[str, float]], end: dict[int, tuple[str, float]]) -> Counter[str]:
+        """CPU seconds between two readings of processes or threads (by id), summed by their name."""
+        used: Counter[str] = Counter()
+        for key, (name, cpu) in end.items():
+            used[name] += cpu - start.get(key, (name, 0.0))[1]
+        return used
+
+    @staticmethod
     def since(start: tuple[dict[int, tuple[str, float]], float], end: tuple[dict[int, tuple[str, float]], float]
               ) -> tuple[float, dict[str, float]]:
         """Tree CPU seconds between two snapshots, and the same by kind (``exited``: children that ended)."""
-        by_kind: Counter[str] = Counter()
-        for pid, (kind, cpu) in end[0].items():
-            by_kind[kind] += cpu - start[0].get(pid, (kind, 0.0))[1]
+        by_kind = CpuMeter.by_name(start[0], end[0])
         by_kind["exited"] += end[1] - start[1]
         return round(sum(by_kind.values()), 2), {kind: round(cpu, 2) for kind, cpu in sorted(by_kind.items())}
 
@@ -108,13 +114,11 @@ class Phases:
 
     def run(self, name: str, call):
         start, threads = self.meter.snapshot(), self.meter.threads()
-        began, own = time.perf_counter(), time.process_time()
+        began, own_began = time.perf_counter(), time.process_time()
         value = call()
         cpu, by_kind = self.meter.since(start, self.meter.snapshot())
-        own = time.process_time() - own
-        by_thread: Counter[str] = Counter()
-        for tid, (thread, used) in self.meter.threads().items():
-            by_thread[thread] += used - threads.get(tid, (thread, 0.0))[1]
+        own = time.process_time() - own_began
+        by_thread = self.meter.by_name(threads, self.meter.threads())
         by_thread["threads_ended"] = own - sum(by_thread.values())  # threads that ended within the phase
         self.figures[name] = {"wall_s": round(time.perf_counter() - began, 2), "cpu_s": cpu,
                               "flow_process_cpu_s": round(own, 2), "cpu_s_by_process": by_kind,
