@@ -36,8 +36,6 @@ import argparse
 import collections
 import contextlib
 import json
-import os
-import socket
 import sys
 import tempfile
 import time
@@ -46,43 +44,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scale_corpus
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # s3_server
 
 QUERY = "SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason"
-
-
-def moto_endpoint():
-    """A moto S3 server on a free loopback port, with one bucket."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        os.environ.setdefault(name, "bench")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench-s3-reads")
-    return server, endpoint
-
-
-def counted_requests() -> collections.Counter:
-    """Every S3 request s3fs sends from now on, by API call."""
-    import s3fs
-    from fsspec.asyn import sync_wrapper
-
-    counts: collections.Counter = collections.Counter()
-    call_s3 = s3fs.S3FileSystem._call_s3
-
-    async def counting(self, method, *args, **kwargs):
-        counts[getattr(method, "__name__", str(method))] += 1
-        return await call_s3(self, method, *args, **kwargs)
-
-    s3fs.S3FileSystem._call_s3 = counting
-    s3fs.S3FileSystem.call_s3 = sync_wrapper(counting)  # s3fs's own holds the uncounted one
-    return counts
 
 
 def plain_s3fs_query(store, sql: str):
@@ -122,7 +86,7 @@ def s3fs_file_calls():
         Store.exists, Store.read_bytes, Store._files_in = saved
 
 
-def synthesize_requests(endpoint: str, documents: int, shard_size: int, counts: collections.Counter) -> dict:
+def synthesize_requests(endpoint: str, documents: int, shard_size: int, calls: list[str]) -> dict:
     """S3 requests of one synthesize per shard it ran, both ways, each on a store of its own."""
     from flows.ingest import ingest_flow
     from flows.synthesize import synthesize_flow
@@ -132,20 +96,20 @@ def synthesize_requests(endpoint: str, documents: int, shard_size: int, counts: 
     with tempfile.TemporaryDirectory(prefix="s3-reads-") as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
         write_corpus(corpus, documents)
-        for way, calls in (("store", contextlib.nullcontext), ("s3fs_calls", s3fs_file_calls)):
+        for way, file_calls in (("store", contextlib.nullcontext), ("s3fs_calls", s3fs_file_calls)):
             store = f"s3://bench-s3-reads/synthesize-{way}"
             overrides = {"filter.enabled": False, "engine.backend": "standin", "store.s3_endpoint_url": endpoint,
                          "generation.shard_size": shard_size, "gate.shard_size": 5 * shard_size}
-            with calls():
+            with file_calls():
                 ingest_flow([str(corpus)], store=store, overrides=overrides)
-                counts.clear()
+                calls.clear()
                 wall, cpu = time.perf_counter(), time.process_time()
                 summary = synthesize_flow(store=store, overrides=overrides)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             shards = sum(stage["shards"] for stage in summary["stages"])
-            requests = sum(counts.values())
-            out[way] = {"shards": shards, "requests": requests, "requests_per_shard": round(requests / shards, 1),
-                        "by_call_per_shard": {call: round(n / shards, 2) for call, n in counts.most_common()},
+            out[way] = {"shards": shards, "requests": len(calls), "requests_per_shard": round(len(calls) / shards, 1),
+                        "by_call_per_shard": {call: round(n / shards, 2)
+                                              for call, n in collections.Counter(calls).most_common()},
                         "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
     out["requests_ratio"] = round(out["s3fs_calls"]["requests"] / out["store"]["requests"], 2)
     return out
@@ -159,17 +123,17 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=25, help="generation.shard_size of the synthesize part")
     args = parser.parse_args()
 
+    from s3_server import counting_s3_calls, moto_s3
+
     from synthllm.settings import StoreSettings
     from synthllm.store import Store
 
-    server, endpoint = moto_endpoint()
-    try:
+    with moto_s3("bench-s3-reads") as endpoint, counting_s3_calls() as calls:
         store = Store(StoreSettings(url="s3://bench-s3-reads/store", s3_endpoint_url=endpoint))
         for shard in range(args.shards):
             store.write_shard("failures", f"s{shard:05d}", [
                 {"stage": "bench", "item_id": f"{shard}-{i}", "reason": f"r{shard % 7}", "shard_id": "x",
                  "run_id": "r", "created_at": datetime(2026, 1, 1)} for i in range(20)])
-        counts = counted_requests()
         ways = {"listed": lambda: store.query(QUERY, tables=["failures"]),
                 "plain_s3fs": lambda: plain_s3fs_query(store, QUERY)}
         out: dict = {"shards": args.shards, "query": QUERY}
@@ -177,10 +141,11 @@ def main() -> None:
         for name, run in ways.items():
             runs = []  # the first query (nothing read yet), then the same query again
             for _ in range(1 + args.repeats):
-                counts.clear()
+                calls.clear()
                 wall, cpu = time.perf_counter(), time.process_time()
                 results[name] = run().rows()
-                runs.append((time.perf_counter() - wall, time.process_time() - cpu, dict(counts.most_common())))
+                runs.append((time.perf_counter() - wall, time.process_time() - cpu,
+                             dict(collections.Counter(calls).most_common())))
             again = sorted(runs[1:])[len(runs[1:]) // 2]  # the median wall's run
             out[name] = {"first": {"requests": sum(runs[0][2].values()), "by_call": runs[0][2],
                                    "wall_s": round(runs[0][0], 3), "cpu_s": round(runs[0][1], 3)},
@@ -193,10 +158,8 @@ def main() -> None:
             wall = "wall_s" if run == "first" else "wall_s_median"
             out[f"wall_ratio_{run}"] = round(plain[wall] / listed[wall], 1)
         if args.documents:
-            out["synthesize"] = synthesize_requests(endpoint, args.documents, args.shard_size, counts)
+            out["synthesize"] = synthesize_requests(endpoint, args.documents, args.shard_size, calls)
         print(json.dumps(out))
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

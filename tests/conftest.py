@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -66,42 +67,16 @@ def any_store(store_settings):
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint on 127.0.0.1 (moto's threaded server) with a bucket ``synthllm-test``."""
-    import socket
+    from s3_server import moto_s3
 
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(
-        {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    )
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="synthllm-test")
-    yield endpoint
-    server.stop()
+    with moto_s3("synthllm-test") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
-def count_s3_calls(monkeypatch):
+def count_s3_calls():
     """Call it to record the S3 API calls s3fs sends from then on (a request each), in order."""
+    from s3_server import counting_s3_calls
 
-    def start() -> list[str]:
-        import s3fs
-        from fsspec.asyn import sync_wrapper
-
-        calls: list[str] = []
-        call_s3 = s3fs.S3FileSystem._call_s3
-
-        async def counting(self, method, *args, **kwargs):
-            calls.append(getattr(method, "__name__", str(method)))
-            return await call_s3(self, method, *args, **kwargs)
-
-        monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
-        monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", sync_wrapper(counting))  # s3fs's holds the original
-        return calls
-
-    return start
+    with ExitStack() as stack:
+        yield lambda: stack.enter_context(counting_s3_calls())
