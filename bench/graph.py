@@ -6,7 +6,13 @@ pool) and otherwise from a Zipf law over a 200k vocabulary, so KCs cluster by to
 extracted concepts do. Each size runs in its own process (clean memory figures); prints JSON
 with wall seconds, CPU seconds (user + system, all threads) and peak RSS per phase.
 
+``--stage``: the pipeline's graph task instead (``synthllm.stages.graph.build_concept_graph``) on
+a local store holding the same links as ``document_concepts`` shards of 2,000 documents, with
+the columns the concepts stage writes: it reads the links, writes the concepts and edges
+shards, walks and grounds. Measured in a process of its own, started after the store is written.
+
     python bench/graph.py --sizes 10000,100000,1000000
+    python bench/graph.py --sizes 100000,1000000 --stage
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -138,6 +145,48 @@ def run_size(n_docs: int, combinations: int | None, subset_size: int) -> dict:
     return {"documents": n_docs, "subset_size": subset_size, "phases": phases}
 
 
+DOCS_PER_LINK_SHARD = 2000  # the concepts stage's shards: generation.shard_size documents
+
+
+def write_link_store(root: Path, n_docs: int) -> None:
+    """A store whose ``document_concepts`` holds :func:`synthetic_links`, shard by shard."""
+    from synthllm.store import Store
+
+    store = Store(str(root))
+    links = synthetic_links(n_docs).with_columns(
+        topic_surface=pl.col("topic_id").str.replace("topic:", ""), kc_surface=pl.col("kc_id").str.replace("kc:", ""),
+        prompt_version=pl.lit("concepts-v3"), model=pl.lit("bench-model"),
+        params_json=pl.lit('{"max_tokens": 512, "seed": 0, "temperature": 0.0, "top_p": 1.0}'),
+        shard=pl.col("doc_id").cast(pl.Int64) // DOCS_PER_LINK_SHARD)
+    for (shard,), part in links.partition_by("shard", as_dict=True, include_key=False).items():
+        store.write_shard("document_concepts", f"concepts-{shard:05d}", part,
+                          constants={"shard_id": f"concepts-{shard:05d}", "run_id": "bench"})
+
+
+def run_stage(root: Path, n_docs: int, subset_size: int) -> dict:
+    from synthllm.settings import Settings
+    from synthllm.stages.graph import build_concept_graph
+    from synthllm.store import Store
+
+    store = Store(str(root))
+    settings = Settings().model_copy(update={"graph": GraphSettings(subset_size=subset_size)})
+    with PeakRss() as meter:
+        result = build_concept_graph(store, settings, "bench", sorted(store.shard_ids("document_concepts")))
+    return {"documents": n_docs, "subset_size": subset_size, "link_shards": len(store.shard_ids("document_concepts")),
+            "stage": {"seconds": round(meter.seconds, 2), "cpu_seconds": round(meter.cpu_seconds, 2),
+                      "peak_rss_mb": round(meter.peak / 2**20), "subsets": len(result["subsets"]),
+                      "combinations": result["combinations"]}}
+
+
+def stage_run(size: int, subset_size: int) -> dict:
+    """Write the store in one process, run the graph task on it in another (clean memory figures)."""
+    with tempfile.TemporaryDirectory(prefix="bench-graph-") as tmp:
+        for role in ("--write-store", "--stage-store"):
+            out = subprocess.run([sys.executable, __file__, "--sizes", str(size), "--subset-size", str(subset_size),
+                                  "--single", role, tmp], check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 app = typer.Typer(add_completion=False)
 
 
@@ -147,13 +196,24 @@ def main(
     combinations: int = typer.Option(0, help="combinations to sample per size (0: 5 epochs; "
                                      "default run: 1M at the 1M size)"),
     subset_size: int = typer.Option(GraphSettings().subset_size, help="documents per graph subset"),
+    stage: bool = typer.Option(False, help="the pipeline's graph task on a store, instead of the library phases"),
     single: bool = typer.Option(False, hidden=True, help="run one size in this process"),
+    write_store: str = typer.Option("", hidden=True, help="with --single: write the links store there"),
+    stage_store: str = typer.Option("", hidden=True, help="with --single: run the graph task on that store"),
 ) -> None:
+    if single and write_store:
+        write_link_store(Path(write_store), int(sizes))
+        return
     if single:
-        print(json.dumps(run_size(int(sizes), combinations or None, subset_size)))
+        run = run_stage(Path(stage_store), int(sizes), subset_size) if stage_store else \
+            run_size(int(sizes), combinations or None, subset_size)
+        print(json.dumps(run))
         return
     results = []
     for size in (int(s) for s in sizes.split(",")):
+        if stage:
+            results.append(stage_run(size, subset_size))
+            continue
         wanted = combinations or (1_000_000 if size >= 1_000_000 else 0)
         out = subprocess.run(
             [sys.executable, __file__, "--sizes", str(size), "--combinations", str(wanted),

@@ -139,26 +139,32 @@ class Transitions:
         return self.indices[positions]
 
     @classmethod
-    def from_counts(cls, rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, n_rows: int, n_cols: int,
-                    epsilon: float, temperature: float) -> Transitions:
-        matrix = sparse.csr_array((counts.astype(np.float64), (rows, cols)), shape=(n_rows, n_cols))
-        matrix.sort_indices()
-        indptr, indices = matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64)
+    def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray, epsilon: float,
+                 temperature: float) -> Transitions:
+        """Step probabilities from co-occurrence counts in CSR form (indices sorted within rows).
+
+        ``counts`` (float64) becomes the sampling key: at paper scale each array is hundreds of
+        MB, so the weights are computed in place, two such arrays alive at a time instead of ten."""
         if indices.size == 0:
             return cls(indptr, indices, np.zeros(0))
-        starts = indptr[:-1][np.diff(indptr) > 0]
-        lengths = np.diff(np.append(starts, indices.size))
+        row_sizes = np.diff(indptr)
+        starts, lengths = indptr[:-1][row_sizes > 0], row_sizes[row_sizes > 0]
         # (count + eps) ** (1/T), computed in log space relative to the row's largest weight
         # so that small temperatures cannot overflow.
-        log_weight = np.log(matrix.data + epsilon) / temperature
-        log_weight -= np.repeat(np.maximum.reduceat(log_weight, starts), lengths)
-        weight = np.exp(log_weight)
-        probability = weight / np.repeat(np.add.reduceat(weight, starts), lengths)
-        cumulative = np.cumsum(probability)
-        within_row = cumulative - np.repeat(cumulative[starts] - probability[starts], lengths)
-        within_row[starts + lengths - 1] = 1.0
-        row_of = np.repeat(np.arange(n_rows, dtype=np.float64), np.diff(indptr))
-        return cls(indptr, indices, row_of + np.minimum(within_row, 1.0))
+        weight = counts
+        weight += epsilon
+        np.log(weight, out=weight)
+        weight /= temperature
+        weight -= np.repeat(np.maximum.reduceat(weight, starts), lengths)
+        np.exp(weight, out=weight)
+        weight /= np.repeat(np.add.reduceat(weight, starts), lengths)  # now each entry's probability
+        first = weight[starts]
+        key = np.cumsum(weight, out=weight)
+        key -= np.repeat(key[starts] - first, lengths)  # cumulative within the row
+        key[starts + lengths - 1] = 1.0
+        np.minimum(key, 1.0, out=key)
+        key += np.repeat(np.arange(row_sizes.size, dtype=np.float64), row_sizes)
+        return cls(indptr, indices, key)
 
 
 @dataclass(frozen=True)
@@ -291,15 +297,15 @@ class ConceptGraph:
         """Step probabilities inside one subgraph. Rows and columns are indices within their
         kind (topic-KC: rows are topics, columns KCs)."""
         arrays = self.edges[kind]
-        if kind == TOPIC_KC:
-            return Transitions.from_counts(arrays.src, arrays.dst, arrays.count, self.n_topics, self.kcs.len(),
-                                           epsilon, temperature)
-        n_nodes = self.n_topics if kind == TOPIC_TOPIC else self.kcs.len()
-        # Undirected: each edge can be walked both ways.
-        return Transitions.from_counts(
-            np.concatenate([arrays.src, arrays.dst]), np.concatenate([arrays.dst, arrays.src]),
-            np.concatenate([arrays.count, arrays.count]), n_nodes, n_nodes, epsilon, temperature,
-        )
+        n_rows = self.kcs.len() if kind == KC_KC else self.n_topics
+        n_cols = self.n_topics if kind == TOPIC_TOPIC else self.kcs.len()
+        counts = sparse.csr_array((arrays.count.astype(np.float64), (arrays.src, arrays.dst)), shape=(n_rows, n_cols))
+        if kind != TOPIC_KC:
+            counts = counts + counts.T  # undirected, stored once (src < dst): each edge is walked both ways
+        counts.sort_indices()
+        indptr, indices, data = counts.indptr.astype(np.int64), counts.indices.astype(np.int64), counts.data
+        del counts  # its int32 index arrays
+        return Transitions.from_csr(indptr, indices, data, epsilon, temperature)
 
 
 def _pairs_within_documents(doc_nodes: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from typing import Any, TypeVar
@@ -49,6 +49,7 @@ _CREATE_TABLE = re.compile(r"CREATE TABLE\s+(\w+)", re.IGNORECASE)
 _T = TypeVar("_T")
 # A file rewritten between DuckDB's open and its reads: read the fresh object once more.
 _FRESH_READ_ATTEMPTS = 3
+ROW_GROUP_ROWS = 1 << 20  # pyarrow's default row group: shards written in slices keep its layout
 # DuckDB errors that can come from a damaged file (a Python-side read error arrives as a plain duckdb.Error).
 _FILE_ERRORS = (duckdb.IOException, duckdb.InvalidInputException)
 
@@ -299,18 +300,21 @@ class Store:
         pq.write_table(table, buffer, compression="zstd")
         self.write_bytes(path, buffer.getvalue())
 
-    def read_parquet_file(self, path: str) -> pa.Table:
-        """One Parquet file; a corrupt one is a :class:`StoreError` naming it."""
+    def read_parquet_file(self, path: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """One Parquet file (only ``columns``, when given); a corrupt one is a :class:`StoreError` naming it."""
         data = self.read_bytes(path)
         try:
-            return pq.read_table(io.BytesIO(data))
+            return pq.read_table(io.BytesIO(data), columns=None if columns is None else list(columns))
         except (pa.ArrowException, OSError) as exc:
             raise StoreError(f"{path}: unreadable Parquet file: {exc}") from exc
 
-    def read_parquet_files(self, paths: Iterable[str], schema: pa.Schema | None = None) -> pa.Table:
-        tables = [self.read_parquet_file(p) for p in paths]
+    def read_parquet_files(self, paths: Iterable[str], schema: pa.Schema | None = None,
+                           columns: Sequence[str] | None = None) -> pa.Table:
+        tables = [self.read_parquet_file(p, columns) for p in paths]
         if not tables:
-            return schema.empty_table() if schema is not None else pa.table({})
+            if schema is None:
+                return pa.table({})
+            return schema.empty_table().select(list(columns)) if columns is not None else schema.empty_table()
         return pa.concat_tables(tables, promote_options="default")
 
     # ----------------------------------------------------------------- table shards
@@ -336,17 +340,30 @@ class Store:
 
     def write_shard(self, table: str, shard_id: str, rows: pl.DataFrame | pa.Table | list[dict],
                     constants: dict[str, Any] | None = None) -> int:
-        """Write (or replace) one shard of a table; returns the row count. ``constants``: see :func:`conform`."""
-        data = conform(table, rows, constants)
-        self.write_parquet(self.shard_path(table, shard_id), data)
-        return data.num_rows
+        """Write (or replace) one shard of a table; returns the row count. ``constants``: see :func:`conform`.
 
-    def read_table(self, table: str, shard_ids: Iterable[str] | None = None) -> pl.DataFrame:
-        """A whole table (or some shards of it) as a polars DataFrame."""
+        A frame of more than a row group is cast to the table's schema one row group at a time:
+        a shard of millions of rows (the concept graph's edges) never has a whole second copy
+        in memory. The file has the row groups ``pq.write_table`` would have given it."""
+        if isinstance(rows, list) or len(rows) <= ROW_GROUP_ROWS:
+            data = conform(table, rows, constants)
+            self.write_parquet(self.shard_path(table, shard_id), data)
+            return data.num_rows
+        buffer = io.BytesIO()
+        with pq.ParquetWriter(buffer, schemas()[table], compression="zstd") as writer:
+            for start in range(0, len(rows), ROW_GROUP_ROWS):
+                writer.write_table(conform(table, rows.slice(start, ROW_GROUP_ROWS), constants))
+        self.write_bytes(self.shard_path(table, shard_id), buffer.getvalue())
+        return len(rows)
+
+    def read_table(self, table: str, shard_ids: Iterable[str] | None = None,
+                   columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """A whole table (or some shards of it) as a polars DataFrame; only ``columns``, when given
+        (a wide table's other columns are never decoded)."""
         paths = (
             [self.shard_path(table, s) for s in shard_ids] if shard_ids is not None else self.table_files(table)
         )
-        return pl.from_arrow(self.read_parquet_files(paths, schemas()[table]))  # type: ignore[return-value]
+        return pl.from_arrow(self.read_parquet_files(paths, schemas()[table], columns=columns))  # type: ignore[return-value]
 
     def check_file(self, path: str) -> str | None:
         """Why a Parquet file cannot be read (footer and every row group), or None if it can."""

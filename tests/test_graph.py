@@ -140,6 +140,31 @@ def test_step_probabilities_follow_counts_and_temperature() -> None:
         np.testing.assert_allclose(probability, expected)
 
 
+def test_same_kind_edges_are_walked_both_ways_in_proportion_to_counts() -> None:
+    # kc:x shares two documents with kc:y and one with kc:z; topic:B one each with topic:A and topic:C.
+    (graph,) = build_graphs(links_frame([
+        ("d1", "topic:A", "kc:x"), ("d1", "topic:B", "kc:y"),
+        ("d2", "topic:A", "kc:x"), ("d2", "topic:A", "kc:y"),
+        ("d3", "topic:C", "kc:x"), ("d3", "topic:B", "kc:z"),
+    ]), GraphSettings())
+    epsilon, temperature = 0.5, 2.0
+    kc_steps = graph.transitions(KC_KC, epsilon, temperature)
+    kc_index = {name: i for i, name in enumerate(graph.kcs.to_list())}
+    neighbours, probability = kc_steps.probabilities(kc_index["kc:x"])
+    weight = (np.array([2.0, 1.0]) + epsilon) ** (1 / temperature)
+    assert graph.kcs.gather(neighbours).to_list() == ["kc:y", "kc:z"]
+    np.testing.assert_allclose(probability, weight / weight.sum())
+    for end in ("kc:y", "kc:z"):  # stored once as (x, y) and (x, z), walked back to x as well
+        neighbours, probability = kc_steps.probabilities(kc_index[end])
+        assert graph.kcs.gather(neighbours).to_list() == ["kc:x"]
+        np.testing.assert_allclose(probability, [1.0])
+    topic_steps = graph.transitions(TOPIC_TOPIC, epsilon, temperature)
+    neighbours, probability = topic_steps.probabilities(graph.topics.to_list().index("topic:B"))
+    assert graph.topics.gather(neighbours).to_list() == ["topic:A", "topic:C"]
+    np.testing.assert_allclose(probability, [0.5, 0.5])
+    np.testing.assert_array_equal(kc_steps.degree, [2, 1, 1])
+
+
 def test_step_sampling_matches_the_probabilities() -> None:
     (graph,) = build_graphs(HAND_BUILT, GraphSettings())
     steps = graph.transitions(TOPIC_KC, epsilon=1e-3, temperature=1.0)

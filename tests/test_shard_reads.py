@@ -78,10 +78,10 @@ def test_level3_shard_reads_prepared_references_not_documents(run_store, monkeyp
         read: list[str] = []
         read_files = Store.read_parquet_files
 
-        def recording(self, paths, schema=None, read=read, read_files=read_files):
+        def recording(self, paths, schema=None, columns=None, *, read=read, read_files=read_files):
             paths = list(paths)
             read.extend(paths)
-            return read_files(self, paths, schema)
+            return read_files(self, paths, schema, columns)
 
         monkeypatch.setattr(Store, "read_parquet_files", recording)
         scanned = _whole_table_scans(monkeypatch, store)

@@ -9,9 +9,12 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+import synthllm.store
 from synthllm.settings import StoreSettings
 from synthllm.status import store_status
 from synthllm.store import Store, StoreAccessDenied, StoreError, sql_literal
@@ -46,6 +49,36 @@ def test_a_second_store_object_sees_new_and_rewritten_shards(store_settings: Sto
         assert con.sql("SELECT count(*) FROM failures").fetchall() == [(4,)]
     finally:
         con.close()
+
+
+def test_a_shard_larger_than_a_row_group_is_written_in_slices_and_reads_back_whole(
+        store_settings: StoreSettings, monkeypatch) -> None:
+    """The concept graph's edges shard has millions of rows: it is cast to the schema a row group at
+    a time (``ROW_GROUP_ROWS``, made small here), with its constant columns, into one file."""
+    monkeypatch.setattr(synthllm.store, "ROW_GROUP_ROWS", 4)
+    store = Store(store_settings)
+    edges = pl.DataFrame({"subset": [0] * 10, "kind": ["kc-kc"] * 10, "src": [f"kc:{i}" for i in range(10)],
+                          "dst": [f"kc:{i + 1}" for i in range(10)], "count": list(range(10))})
+    assert store.write_shard("concept_edges", "edges-x", edges, constants={"shard_id": "edges-x", "run_id": "r1"}) == 10
+    with store.fs.open(store.shard_path("concept_edges", "edges-x"), "rb") as handle:
+        layout = pq.ParquetFile(handle).metadata
+    assert [layout.row_group(i).num_rows for i in range(layout.num_row_groups)] == [4, 4, 2]
+    back = store.read_table("concept_edges")
+    assert back.drop("shard_id", "run_id").equals(edges.with_columns(pl.col("subset", "count").cast(pl.Int32)))
+    assert set(back["shard_id"]) == {"edges-x"} and set(back["run_id"]) == {"r1"}
+    with pytest.raises(StoreError, match="extra"):  # each slice is checked against the schema
+        store.write_shard("concept_edges", "edges-y", edges.with_columns(extra=pl.lit(1)),
+                          constants={"shard_id": "edges-y", "run_id": "r1"})
+
+
+def test_read_table_decodes_only_the_columns_asked_for(store_settings: StoreSettings) -> None:
+    store = Store(store_settings)
+    store.write_shard("failures", "a", failure_rows("a", 2))
+    store.write_shard("failures", "b", failure_rows("b", 1))
+    frame = store.read_table("failures", ["a", "b"], columns=["item_id", "reason"])
+    assert frame.columns == ["item_id", "reason"]
+    assert sorted(frame.rows()) == [("a-0", "a"), ("a-1", "a"), ("b-0", "b")]
+    assert store.read_table("failures", [], columns=["reason"]).columns == ["reason"]  # no shard: still those columns
 
 
 def test_a_stores_reads_share_one_database_and_each_connection_has_its_own_views(

@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from synthllm.graph import (
+    LINK_COLUMNS,
     ConceptGraph,
     assign_subsets,
     check_links,
@@ -42,7 +43,7 @@ def build_concept_graph(store: Store, settings: Settings, run_id: str, link_shar
     if total is not None and total < 0:
         raise ValueError(f"generation.max_combinations must be >= 0 (or unset), got {total}")
     key = graph_key(link_shards, settings)
-    links = store.read_table("document_concepts", link_shards)
+    links = store.read_table("document_concepts", link_shards, columns=LINK_COLUMNS)
     store.write_shard("concepts", "all", store.query(read_sql("concepts_table.sql"), tables=["document_concepts"])
                       .with_columns(shard_id=pl.lit("all"), run_id=pl.lit(run_id)))
     if links.is_empty():
@@ -59,8 +60,8 @@ def build_concept_graph(store: Store, settings: Settings, run_id: str, link_shar
         if store.has_shard("concept_combinations", combos_shard):
             stats.append({**graph_stats, "combinations": None, "skipped": True})
             continue
-        store.write_shard("concept_edges", edges_shard,
-                          graph.edges_frame().with_columns(shard_id=pl.lit(edges_shard), run_id=pl.lit(run_id)))
+        store.write_shard("concept_edges", edges_shard, graph.edges_frame(),
+                          constants={"shard_id": edges_shard, "run_id": run_id})
         combos = sample_combinations(graph, settings.graph, budget)
         grounded = ground(combos, InvertedIndex.from_links(part), settings.graph.references, seed=settings.graph.seed)
         rows = store.write_shard("concept_combinations", combos_shard,
