@@ -93,7 +93,7 @@ def plan_stage(store: Store, stage: Stage, settings: Settings, candidates: Seque
 
 def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str], shard_size: int,
                files: StageFiles, located: dict[str, str] | None = None,
-               looked_up: dict[str, list[str]] | None = None) -> Planned:
+               looked_up: dict[str, tuple[str, ...]] | None = None) -> Planned:
     """Shards of items known to be uncovered, grouped by the source shard holding them.
     ``located`` / ``looked_up``: where the items' rows are, when the caller knows (a shard
     streamed from, ``upstream_locations``); the table scans of ``locate`` and
@@ -105,7 +105,7 @@ def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str
 
     groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for item in pending:  # one pass: the coordinator plans every item of the run
-        groups.setdefault((located.get(item, ""), tuple(looked_up.get(item, ()))), []).append(item)
+        groups.setdefault((located.get(item, ""), looked_up.get(item, ())), []).append(item)
     pending = [item for members in groups.values() for item in members]  # first-seen groups, candidate order within
     shard_ids = write_plans(store, stage, pending, shard_size, stage.plan_key(settings), files, located, looked_up)
     stage.prepare(store, settings, shard_ids)
@@ -113,7 +113,7 @@ def plan_items(store: Store, stage: Stage, settings: Settings, pending: list[str
 
 
 def upstream_locations(store: Store, stage: Stage, upstream: Stage, shard_id: str, item_ids: Sequence[str]
-                       ) -> tuple[dict[str, str] | None, dict[str, list[str]] | None]:
+                       ) -> tuple[dict[str, str] | None, dict[str, tuple[str, ...]] | None]:
     """Where items streamed from ``upstream``'s shard ``shard_id`` have their rows, as far as
     that shard and its plan tell (None: not known, scan): in the shard itself when it is the
     stage's source or lookup table, or in the upstream plan's source shards when both stages
@@ -129,7 +129,8 @@ def upstream_locations(store: Store, stage: Stage, upstream: Stage, shard_id: st
             located = None
     looked_up = None
     if all(lookup.via is None and lookup.table == upstream.table for lookup in stage.lookups):
-        looked_up = {item: [f"{upstream.table}:{shard_id}"] for item in item_ids} if stage.lookups else {}
+        # one tuple shared by every item: planning makes nothing per item it does not need
+        looked_up = dict.fromkeys(item_ids, (f"{upstream.table}:{shard_id}",)) if stage.lookups else {}
     return located, looked_up
 
 
@@ -151,7 +152,7 @@ def locate(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, str
     return dict(_select_in(store, table, f"{key}, any_value(shard_id)", key, item_ids, f"GROUP BY {key}"))
 
 
-def locate_lookups(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, list[str]]:
+def locate_lookups(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """Per item, the ``table:shard`` files holding the rows its stage's lookups read (one scan of
     each lookup table's key column per stage and run)."""
     found: dict[str, set[str]] = {}
@@ -167,11 +168,12 @@ def locate_lookups(store: Store, stage: Stage, item_ids: Sequence[str]) -> dict[
                                  f"GROUP BY {lookup.key}")) if wanted else {}
         for item, keys in keys_of.items():
             found.setdefault(item, set()).update(f"{lookup.table}:{s}" for k in keys for s in shards.get(k, ()))
-    return {item: sorted(names) for item, names in found.items()}
+    return {item: tuple(sorted(names)) for item, names in found.items()}
 
 
 def write_plans(store: Store, stage: Stage, item_ids: Sequence[str], shard_size: int, key: Any, files: StageFiles,
-                located: dict[str, str] | None = None, looked_up: dict[str, list[str]] | None = None) -> list[str]:
+                located: dict[str, str] | None = None, looked_up: dict[str, tuple[str, ...]] | None = None
+                ) -> list[str]:
     """Chunk item ids into shards named by their content and ``key``.
 
     A shard whose output already exists but whose items are uncovered again (their failures were
@@ -188,7 +190,7 @@ def write_plans(store: Store, stage: Stage, item_ids: Sequence[str], shard_size:
             store.write_parquet(plan_path(store, stage.name, shard_id), pa.table({
                 "item_id": pa.array(chunk, pa.string()),
                 "source_shard": pa.array([located.get(i) for i in chunk], pa.string()),
-                "lookup_shards": pa.array([looked_up.get(i, []) for i in chunk], pa.list_(pa.string()))}))
+                "lookup_shards": pa.array([looked_up.get(i, ()) for i in chunk], pa.list_(pa.string()))}))
             files.plans.add(shard_id)
         shard_ids.append(shard_id)
     return shard_ids

@@ -45,7 +45,7 @@ class Level2Stage(LLMStage):
         concept links are all in one shard)."""
         if upstream.name != "concepts":
             return None
-        links = store.read_table("document_concepts", [shard_id]).drop_nulls("kc_id")
+        links = store.read_table("document_concepts", [shard_id], columns=["doc_id", "kc_id"]).drop_nulls("kc_id")
         counts = links.group_by("doc_id", maintain_order=True).agg(pl.col("kc_id").n_unique().alias("kcs"))
         return [d for d in counts.filter(pl.col("kcs") >= 2).get_column("doc_id").to_list() if state.has_document(d)]
 
