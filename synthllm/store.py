@@ -342,16 +342,14 @@ class Store:
                     constants: dict[str, Any] | None = None) -> int:
         """Write (or replace) one shard of a table; returns the row count. ``constants``: see :func:`conform`.
 
-        A frame of more than a row group is cast to the table's schema one row group at a time:
-        a shard of millions of rows (the concept graph's edges) never has a whole second copy
-        in memory. The file has the row groups ``pq.write_table`` would have given it."""
-        if isinstance(rows, list) or len(rows) <= ROW_GROUP_ROWS:
-            data = conform(table, rows, constants)
-            self.write_parquet(self.shard_path(table, shard_id), data)
-            return data.num_rows
+        A frame is cast to the table's schema one row group at a time: a shard of millions of rows
+        (the concept graph's edges) never has a whole second copy in memory. The file is the one
+        ``pq.write_table`` would write (an empty frame too: one empty slice)."""
+        if isinstance(rows, list):  # Python rows become one Arrow table, constants included
+            rows, constants = conform(table, rows, constants), None
         buffer = io.BytesIO()
         with pq.ParquetWriter(buffer, schemas()[table], compression="zstd") as writer:
-            for start in range(0, len(rows), ROW_GROUP_ROWS):
+            for start in range(0, max(len(rows), 1), ROW_GROUP_ROWS):
                 writer.write_table(conform(table, rows.slice(start, ROW_GROUP_ROWS), constants))
         self.write_bytes(self.shard_path(table, shard_id), buffer.getvalue())
         return len(rows)
