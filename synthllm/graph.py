@@ -35,16 +35,17 @@ LINK_COLUMNS = ("doc_id", "topic_id", "kc_id")
 
 
 # --------------------------------------------------------------------------- input
-def check_links(links: pl.DataFrame) -> pl.DataFrame:
-    """The (doc_id, topic_id, kc_id) columns of a ``document_concepts``-like frame, validated."""
+def check_links(links: pl.DataFrame, source: str = "concept links") -> pl.DataFrame:
+    """The (doc_id, topic_id, kc_id) columns of a ``document_concepts``-like frame, validated;
+    ``source`` names it in errors (the shard file it was read from)."""
     missing = [name for name in LINK_COLUMNS if name not in links.columns]
     if missing:
-        raise ValueError(f"concept links need columns {LINK_COLUMNS}; missing {missing}")
+        raise ValueError(f"{source}: concept links need columns {LINK_COLUMNS}; missing {missing}")
     links = links.select(pl.col(name).cast(pl.String) for name in LINK_COLUMNS)
     for name in ("doc_id", "topic_id"):
         nulls = links[name].null_count()
         if nulls:
-            raise ValueError(f"concept links: {nulls} rows have no {name}")
+            raise ValueError(f"{source}: {nulls} rows have no {name}")
     return links
 
 
@@ -79,23 +80,28 @@ def encode_links(links: pl.DataFrame) -> EncodedLinks:
 
 
 def assign_subsets(links: pl.DataFrame, subset_size: int) -> pl.DataFrame:
-    """``links`` with a ``subset`` column: ceil(documents / subset_size) subsets, by doc_id hash.
+    """``links`` with a ``subset`` column (see :func:`document_subsets`)."""
+    return links.join(document_subsets(links["doc_id"].unique(), subset_size), on="doc_id", how="left",
+                      maintain_order="left")
+
+
+def document_subsets(doc_ids: pl.Series, subset_size: int) -> pl.DataFrame:
+    """(doc_id, subset) of distinct ``doc_ids``: ceil(documents / subset_size) subsets, by doc_id hash.
 
     A hash (not the row order) makes each subset a random sample of the corpus and keeps a
     document's subset the same on every run and machine.
     """
     if subset_size < 1:
         raise ValueError(f"subset_size must be >= 1, got {subset_size}")
-    doc_ids = links["doc_id"].unique()
     n_subsets = max(1, math.ceil(doc_ids.len() / subset_size))
     if n_subsets == 1:
-        return links.with_columns(subset=pl.lit(0, pl.Int32))
-    buckets = [
-        int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little") % n_subsets
-        for doc_id in doc_ids.to_list()
-    ]
-    subsets = pl.DataFrame({"doc_id": doc_ids, "subset": pl.Series(buckets, dtype=pl.Int32)})
-    return links.join(subsets, on="doc_id", how="left")
+        buckets = [0] * doc_ids.len()
+    else:
+        buckets = [
+            int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little") % n_subsets
+            for doc_id in doc_ids.to_list()
+        ]
+    return pl.DataFrame({"doc_id": doc_ids, "subset": pl.Series(buckets, dtype=pl.Int32)})
 
 
 # --------------------------------------------------------------------------- graph

@@ -411,3 +411,83 @@ def test_a_kc_without_a_topic_is_a_clear_error() -> None:
                           "dst": ["topic:B", "kc:x", "kc:y"], "count": [1, 1, 1]})
     with pytest.raises(ValueError, match=r"without a topic-kc edge.*kc:y"):
         sample_combinations(ConceptGraph.from_edges(edges), GraphSettings())
+
+
+def write_link_shards(store: Store, links: pl.DataFrame, shards: int) -> list[str]:
+    """``links`` as ``shards`` document_concepts shards, whole documents in each (as the concepts stage writes)."""
+    numbered = document_concept_rows(links).with_columns(
+        shard=pl.col("doc_id").str.slice(3).cast(pl.Int64) % shards)
+    names = []
+    for (shard,), part in sorted(numbered.partition_by("shard", as_dict=True, include_key=False).items()):
+        names.append(f"links-{shard}")
+        store.write_shard("document_concepts", names[-1], part.with_columns(shard_id=pl.lit(names[-1])))
+    return names
+
+
+@pytest.mark.parametrize("subset_size", [200, 10_000])
+def test_the_graph_task_reads_its_links_a_shard_at_a_time(any_store, monkeypatch, subset_size) -> None:
+    """Its memory follows a subset of documents, not the corpus: the link shards are read one at a
+    time, once to list them and once per subset (once in all for a corpus of one subset), and each
+    subset's graph gets exactly its documents' links, as splitting the whole table gives them."""
+    store = any_store
+    links = random_corpus(600, seed=5)
+    shards = write_link_shards(store, links, 4)
+    largest = max(store.read_table("document_concepts", [s]).height for s in shards)
+    whole = store.read_table("document_concepts", shards).select("doc_id", "topic_id", "kc_id")
+    reads: list[tuple[str, int]] = []
+    read_file = Store.read_parquet_file
+
+    def counting_read(self, path, columns=None):
+        table = read_file(self, path, columns)
+        if "/document_concepts/" in path:
+            reads.append((path, table.num_rows))
+        return table
+
+    monkeypatch.setattr(Store, "read_parquet_file", counting_read)
+    given: list[pl.DataFrame] = []
+    from_links = ConceptGraph.from_links.__func__
+    monkeypatch.setattr(ConceptGraph, "from_links", classmethod(lambda cls, part, subset: (
+        given.append(part), from_links(cls, part, subset))[1]))
+    settings = Settings.model_validate({"graph": {"subset_size": subset_size, "epochs": 2},
+                                        "generation": {"max_combinations": 40}})
+    result = build_concept_graph(store, settings, "run-1", shards)
+
+    expected = [part for _, part in sorted(assign_subsets(whole, subset_size)
+                                           .partition_by("subset", as_dict=True, include_key=False).items())]
+    assert len(given) == len(expected) == len(result["subsets"]) == (3 if subset_size == 200 else 1)
+    assert all(got.equals(want) for got, want in zip(given, expected))
+    assert reads and max(rows for _, rows in reads) == largest < whole.height
+    read_counts = Counter(path for path, _ in reads)
+    assert set(read_counts.values()) == ({1 + len(expected)} if len(expected) > 1 else {1})
+
+
+def test_a_link_without_a_topic_names_its_shard(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"))
+    links = random_corpus(40, seed=2)
+    shards = write_link_shards(store, links, 2)
+    broken = store.read_table("document_concepts", [shards[1]]).with_columns(
+        topic_id=pl.when(pl.int_range(pl.len()) == 0).then(None).otherwise(pl.col("topic_id")))
+    store.write_shard("document_concepts", shards[1], broken)
+    with pytest.raises(ValueError, match=rf"{shards[1]}\.parquet: 1 rows have no topic_id"):
+        build_concept_graph(store, Settings(), "run-1", shards)
+
+
+def test_the_concepts_table_lists_surface_forms_and_counts_documents(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"))
+    rows = pl.DataFrame({
+        "doc_id": ["d1", "d1", "d1", "d2", "d2", "d3"],
+        "topic_id": ["topic:algebra", "topic:algebra", "topic:algebra", "topic:algebra", "topic:algebra", "topic:geometry"],
+        "topic_surface": ["Algebra", "Algebra", "Algebra", "algebra", "algebra", None],
+        "kc_id": [None, "kc:ratio", "kc:ratio", "kc:ratio", None, "kc:angle"],
+        "kc_surface": [None, "Ratios", "ratio", "Ratios", None, None],
+        "prompt_version": "v1", "model": "scripted", "shard_id": "links", "run_id": "r0"})
+    store.write_shard("document_concepts", "links", rows)
+    build_concept_graph(store, Settings(), "run-1", ["links"])
+    table = store.read_table("concepts").select("concept_id", "kind", "name", "surface_forms", "n_documents")
+    assert table.to_dicts() == [
+        {"concept_id": "kc:angle", "kind": "kc", "name": "angle", "surface_forms": [], "n_documents": 1},
+        {"concept_id": "kc:ratio", "kind": "kc", "name": "ratio", "surface_forms": ["Ratios", "ratio"], "n_documents": 2},
+        {"concept_id": "topic:algebra", "kind": "topic", "name": "algebra", "surface_forms": ["Algebra", "algebra"],
+         "n_documents": 2},
+        {"concept_id": "topic:geometry", "kind": "topic", "name": "geometry", "surface_forms": [], "n_documents": 1},
+    ]

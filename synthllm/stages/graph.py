@@ -6,6 +6,7 @@ Not an LLM stage: it reads ``document_concepts`` and writes ``concepts``, ``conc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
@@ -13,8 +14,8 @@ import polars as pl
 from synthllm.graph import (
     LINK_COLUMNS,
     ConceptGraph,
-    assign_subsets,
     check_links,
+    document_subsets,
     sample_combinations,
     split_budget,
 )
@@ -43,17 +44,15 @@ def build_concept_graph(store: Store, settings: Settings, run_id: str, link_shar
     if total is not None and total < 0:
         raise ValueError(f"generation.max_combinations must be >= 0 (or unset), got {total}")
     key = graph_key(link_shards, settings)
-    links = store.read_table("document_concepts", link_shards, columns=LINK_COLUMNS)
     store.write_shard("concepts", "all", store.query(read_sql("concepts_table.sql"), tables=["document_concepts"])
                       .with_columns(shard_id=pl.lit("all"), run_id=pl.lit(run_id)))
-    if links.is_empty():
+    subsets = LinkSubsets(store, link_shards, settings.graph.subset_size)
+    if not subsets.documents:
         return {"graph_key": key, "subsets": [], "combinations": 0}
-    parts = sorted(assign_subsets(check_links(links), settings.graph.subset_size)
-                   .partition_by("subset", as_dict=True, include_key=False).items())
-    budgets = (split_budget(total, [part["doc_id"].n_unique() for _, part in parts]) if total is not None
-               else [None] * len(parts))
+    budgets = (split_budget(total, list(subsets.documents.values())) if total is not None
+               else [None] * len(subsets.documents))
     stats = []
-    for ((subset,), part), budget in zip(parts, budgets):
+    for (subset, part), budget in zip(subsets.links(), budgets, strict=True):
         graph = ConceptGraph.from_links(part, subset)
         edges_shard, combos_shard = f"edges-{key}-{subset}", f"combos-{key}-{subset}"
         graph_stats = {**_graph_summary(graph), "budget": budget}
@@ -76,3 +75,53 @@ def _graph_summary(graph: ConceptGraph) -> dict[str, Any]:
     graph's ``to_networkx()`` view, computed on the arrays: building the view cost seconds)."""
     components, density = graph.connectivity()
     return {**graph.stats(), "components": components, "density": round(density, 6)}
+
+
+class LinkSubsets:
+    """The graph's input, ``document_concepts``' (doc_id, topic_id, kc_id), one subset of documents
+    (``graph.subset_size``) at a time: the task's memory follows a subset, not the corpus.
+
+    Read whole, the corpus's links stayed in memory beside every subset's graph (at 1M documents
+    1.4 GB of links, and as much again split by subset, where one subset's graph needs about 1 GB).
+    The shards are read one at a time: a first pass checks them and lists each one's documents,
+    and keeps the links while they fit one subset (then no shard is read twice); past that, each
+    subset reads the shards again and keeps the rows of its documents."""
+
+    def __init__(self, store: Store, link_shards: list[str], subset_size: int) -> None:
+        self.store = store
+        self.paths = [store.shard_path("document_concepts", shard) for shard in link_shards]
+        listed = [pl.DataFrame(schema={"file": pl.Int32, "doc_id": pl.String})]
+        kept: list[pl.DataFrame] | None = []
+        kept_documents = 0
+        for index, path in enumerate(self.paths):
+            links = self._read(path)
+            documents = links["doc_id"].unique()
+            listed.append(pl.DataFrame({"file": index, "doc_id": documents}, schema=listed[0].schema))
+            if kept is not None:
+                kept.append(links)
+                kept_documents += documents.len()
+                kept = kept if kept_documents <= subset_size else None
+        files = pl.concat(listed)
+        subsets = document_subsets(files["doc_id"].unique(), subset_size)
+        self.documents: dict[int, int] = dict(sorted(subsets.group_by("subset").len().iter_rows()))
+        self._kept = pl.concat(kept) if kept and len(self.documents) == 1 else None
+        # subset -> shard file index -> the documents of that subset the file holds
+        self._wanted = {} if self._kept is not None else {
+            subset: {file: part["doc_id"] for (file,), part in by_file.partition_by("file", as_dict=True).items()}
+            for (subset,), by_file in files.join(subsets, on="doc_id").partition_by("subset", as_dict=True).items()
+        }
+
+    def _read(self, path: str) -> pl.DataFrame:
+        return check_links(pl.from_arrow(self.store.read_parquet_file(path, LINK_COLUMNS)), path)
+
+    def links(self) -> Iterator[tuple[int, pl.DataFrame]]:
+        """(subset, its links) in subset order, rows in shard and file order."""
+        if self._kept is not None:
+            yield 0, self._kept
+            return
+        for subset in self.documents:
+            wanted = self._wanted[subset]
+            yield subset, pl.concat([
+                self._read(path).filter(pl.col("doc_id").is_in(wanted[file].implode()))
+                for file, path in enumerate(self.paths) if file in wanted
+            ])
