@@ -124,6 +124,30 @@ def test_a_stores_reads_share_one_database_and_each_connection_has_its_own_views
     assert opened == ["db"]
 
 
+def test_a_query_in_its_own_database_closes_it_and_leaves_the_shared_one_alone(
+        store_settings: StoreSettings, monkeypatch) -> None:
+    """A one-off aggregation over a whole table (the concepts table) runs in a database of its own,
+    closed after, so the memory it worked in does not stay with the process's shared database."""
+    store = Store(store_settings)
+    store.write_shard("failures", "a", failure_rows("a", 2))
+    store.write_shard("failures", "b", failure_rows("b", 3))
+    opened: list[duckdb.DuckDBPyConnection] = []
+    connect = duckdb.connect
+    monkeypatch.setattr(synthllm.store.duckdb, "connect",
+                        lambda *a, **kw: opened.append(connect(*a, **kw)) or opened[-1])
+    sql = "SELECT reason, count(*) AS n FROM failures GROUP BY reason ORDER BY reason"
+    own = store.query(sql, tables=["failures"], own_database=True)
+    assert own.rows() == [("a", 2), ("b", 3)]
+    assert len(opened) == 1 and "_database" not in vars(store)
+    with pytest.raises(duckdb.ConnectionException):
+        opened[0].sql("SELECT 1")  # closed when the query ended
+    with pytest.raises(duckdb.Error):
+        store.query("SELECT no_such_column FROM failures", tables=["failures"], own_database=True)
+    with pytest.raises(duckdb.ConnectionException):
+        opened[1].sql("SELECT 1")  # also when it failed
+    assert store.query(sql, tables=["failures"]).equals(own) and len(opened) == 3
+
+
 @pytest.mark.integration
 def test_a_query_over_s3_shards_asks_for_no_file_details_the_listing_gave(s3_endpoint: str, count_s3_calls) -> None:
     """DuckDB asked s3fs for each shard's details again and again while it bound a view and ran a

@@ -6,7 +6,8 @@ Not an LLM stage: it reads ``document_concepts`` and writes ``concepts``, ``conc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
@@ -28,6 +29,7 @@ from synthllm.store import Store, stable_hash
 # so that shards written by the older code are rebuilt instead of skipped.
 # 2: kc_topics, the combination budget split over subsets, seeded grounding ties.
 GRAPH_VERSION = 2
+READ_AHEAD = 4  # link shards read at once by the graph task
 
 
 def graph_key(link_shards: list[str], settings: Settings) -> str:
@@ -44,8 +46,8 @@ def build_concept_graph(store: Store, settings: Settings, run_id: str, link_shar
     if total is not None and total < 0:
         raise ValueError(f"generation.max_combinations must be >= 0 (or unset), got {total}")
     key = graph_key(link_shards, settings)
-    store.write_shard("concepts", "all", store.query(read_sql("concepts_table.sql"), tables=["document_concepts"])
-                      .with_columns(shard_id=pl.lit("all"), run_id=pl.lit(run_id)))
+    concepts = store.query(read_sql("concepts_table.sql"), tables=["document_concepts"], own_database=True)
+    store.write_shard("concepts", "all", concepts, constants={"shard_id": "all", "run_id": run_id})
     subsets = LinkSubsets(store, link_shards, settings.graph.subset_size)
     if not subsets.documents:
         return {"graph_key": key, "subsets": [], "combinations": 0}
@@ -83,9 +85,9 @@ class LinkSubsets:
 
     Read whole, the corpus's links stayed in memory beside every subset's graph (at 1M documents
     1.4 GB of links, and as much again split by subset, where one subset's graph needs about 1 GB).
-    The shards are read one at a time: a first pass checks them and lists each one's documents,
-    and keeps the links while they fit one subset (then no shard is read twice); past that, each
-    subset reads the shards again and keeps the rows of its documents."""
+    The shards are read a few at a time (:data:`READ_AHEAD`): a first pass checks them and lists
+    each one's documents, and keeps the links while they fit one subset (then no shard is read
+    twice); past that, each subset reads the shards again and keeps the rows of its documents."""
 
     def __init__(self, store: Store, link_shards: list[str], subset_size: int) -> None:
         self.store = store
@@ -93,8 +95,7 @@ class LinkSubsets:
         listed = [pl.DataFrame(schema={"file": pl.Int32, "doc_id": pl.String})]
         kept: list[pl.DataFrame] | None = []
         kept_documents = 0
-        for index, path in enumerate(self.paths):
-            links = self._read(path)
+        for index, links in enumerate(self._read_each(range(len(self.paths)), lambda _, links: links)):
             documents = links["doc_id"].unique()
             listed.append(pl.DataFrame({"file": index, "doc_id": documents}, schema=listed[0].schema))
             if kept is not None:
@@ -111,8 +112,16 @@ class LinkSubsets:
             for (subset,), by_file in files.join(subsets, on="doc_id").partition_by("subset", as_dict=True).items()
         }
 
-    def _read(self, path: str) -> pl.DataFrame:
-        return check_links(pl.from_arrow(self.store.read_parquet_file(path, LINK_COLUMNS)), path)
+    def _read_each(self, files: Iterable[int], keep: Callable[[int, pl.DataFrame], pl.DataFrame]
+                   ) -> Iterator[pl.DataFrame]:
+        """``keep(file, links)`` of each file, in order, read :data:`READ_AHEAD` at a time (an S3
+        read waits tens of milliseconds; decoding releases the GIL); at most that many in memory."""
+        files = list(files)
+        with ThreadPoolExecutor(READ_AHEAD) as pool:
+            for start in range(0, len(files), READ_AHEAD):
+                yield from pool.map(lambda file: keep(file, check_links(pl.from_arrow(
+                    self.store.read_parquet_file(self.paths[file], LINK_COLUMNS)), self.paths[file])),
+                    files[start:start + READ_AHEAD])
 
     def links(self) -> Iterator[tuple[int, pl.DataFrame]]:
         """(subset, its links) in subset order, rows in shard and file order."""
@@ -121,7 +130,5 @@ class LinkSubsets:
             return
         for subset in self.documents:
             wanted = self._wanted[subset]
-            yield subset, pl.concat([
-                self._read(path).filter(pl.col("doc_id").is_in(wanted[file].implode()))
-                for file, path in enumerate(self.paths) if file in wanted
-            ])
+            yield subset, pl.concat(self._read_each(
+                sorted(wanted), lambda file, links: links.filter(pl.col("doc_id").is_in(wanted[file].implode()))))
