@@ -426,7 +426,7 @@ class Store:
         """A new connection to this Store's database (or ``database``) with the tables as its own
         (temporary) views: connections in other threads see theirs, and closing it drops them."""
         with self._connecting:
-            con = (database or self._database).cursor()
+            con = (database if database is not None else self._database).cursor()
         try:
             for name in names:
                 files = [f for f in self.table_files(name) if f not in exclude]
