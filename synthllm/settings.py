@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -71,6 +72,10 @@ class _Section(BaseModel):
         return value
 
 
+# What DuckDB's memory_limit accepts: bytes with a decimal or binary unit, or a percentage.
+_MEMORY_AMOUNT = re.compile(r"\d+(\.\d+)?\s*(%|b|bytes|[kmgt]i?b)", re.IGNORECASE)
+
+
 class StoreSettings(_Section):
     """Where every table, cache and report lives: a local folder or ``s3://bucket/prefix``."""
 
@@ -78,6 +83,21 @@ class StoreSettings(_Section):
     # S3: credentials come from the usual AWS variables / profiles; only the endpoint is ours.
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # The DuckDB database each process queries the store in: how much memory it may hold before
+    # it spills to disk ("4GB", "512MiB", "50%" of the machine), and where it spills. Unset: in a
+    # Dask worker with a memory limit, half that limit (the nanny restarts a worker past 95 % of
+    # it); elsewhere DuckDB's own 80 % of the machine. Spills go to ``<system temp>/synthllm-duckdb``
+    # (TMPDIR), not to a ``.tmp`` folder in the working directory, which may be read-only.
+    duckdb_memory_limit: str | None = None
+    duckdb_temp_dir: str | None = None
+
+    @field_validator("duckdb_memory_limit")
+    @classmethod
+    def _memory_amount(cls, value: str | None) -> str | None:
+        if value is not None and not _MEMORY_AMOUNT.fullmatch(value.strip()):
+            raise ValueError(f"{value!r} is not an amount of memory: a number with a unit (4GB, 512MiB) or "
+                             "a share of the machine's memory (50%)")
+        return value
 
     def client_kwargs(self) -> dict[str, str]:
         """botocore client arguments for s3fs: the one place the endpoint and region are read."""

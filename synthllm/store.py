@@ -22,7 +22,10 @@ import fnmatch
 import hashlib
 import io
 import json
+import os
 import re
+import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -110,6 +113,33 @@ class TableSchemas:
             return self.arrow[table]
         except KeyError:
             raise StoreError(f"unknown table {table!r}; tables: {', '.join(self.names)}") from None
+
+
+def duckdb_resources(settings: StoreSettings) -> dict[str, str]:
+    """The memory limit and spill folder of a DuckDB database a process queries the store in
+    (``store.duckdb_memory_limit`` and ``store.duckdb_temp_dir``; the defaults are described there).
+
+    Each process has its own database, and DuckDB's default lets each hold 80 % of the machine:
+    two Dask workers, the flow and a query of their own could each take that much before any spills."""
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()  # a folder another user made is not ours to write
+    config = {"temp_directory": settings.duckdb_temp_dir or os.path.join(tempfile.gettempdir(), f"synthllm-duckdb-{user}")}
+    limit = settings.duckdb_memory_limit or _dask_worker_share()
+    if limit:
+        config["memory_limit"] = limit
+    return config
+
+
+def _dask_worker_share() -> str | None:
+    """Half the memory limit of the Dask worker this code runs in; None outside one, or with no limit."""
+    distributed = sys.modules.get("distributed")  # never imported for this: a Dask worker has it loaded
+    if distributed is None:
+        return None
+    try:
+        worker = distributed.get_worker()
+    except ValueError:
+        return None
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    return f"{limit // 2 // 2**20}MiB" if limit else None
 
 
 _SCHEMAS: TableSchemas | None = None
@@ -201,7 +231,7 @@ class Store:
     def _open_database(self) -> duckdb.DuckDBPyConnection:
         """A new in-memory DuckDB; its cache of file blocks is off: shards are rewritten and
         removed between reads."""
-        database = duckdb.connect(config={"enable_external_file_cache": False})
+        database = duckdb.connect(config={"enable_external_file_cache": False, **duckdb_resources(self.settings)})
         if self.is_s3:
             database.register_filesystem(self._duckdb_fs)
         return database

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import synthllm.store
-from synthllm.settings import StoreSettings
+from synthllm.settings import SettingsError, StoreSettings, load_settings
 from synthllm.status import store_status
 from synthllm.store import Store, StoreAccessDenied, StoreError, sql_literal
 
@@ -146,6 +149,74 @@ def test_a_query_in_its_own_database_closes_it_and_leaves_the_shared_one_alone(
     with pytest.raises(duckdb.ConnectionException):
         opened[1].sql("SELECT 1")  # also when it failed
     assert store.query(sql, tables=["failures"]).equals(own) and len(opened) == 3
+
+
+SPILLING_QUERY = ("SELECT count(*) AS groups FROM (SELECT i % 3000000 AS k, list(i) AS l FROM range(6000000) t(i) "
+                  "GROUP BY k ORDER BY k)")
+
+
+def test_a_query_over_its_memory_limit_spills_to_the_spill_folder_not_the_working_directory(
+        store_settings: StoreSettings, tmp_path: Path, monkeypatch) -> None:
+    """Each process's DuckDB held up to 80 % of the machine, and spilled past it into ``.tmp`` in
+    the working directory, which a worker image may have read-only: ``store.duckdb_memory_limit``
+    and ``store.duckdb_temp_dir`` set both, on a local store and on S3."""
+    workdir, spill = tmp_path / "workdir", tmp_path / "spill"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    settings = store_settings.model_copy(update={"duckdb_memory_limit": "64MB", "duckdb_temp_dir": str(spill)})
+    store = Store(settings)
+    store.write_shard("failures", "a", failure_rows("a", 2))
+    limits = store.query("SELECT current_setting('memory_limit') AS m, current_setting('temp_directory') AS t, "
+                         "count(*) AS n FROM failures", tables=["failures"])
+    assert limits.rows() == [("61.0 MiB", str(spill), 2)]
+    spilled: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            spilled.update(path.name for path in spill.glob("*"))
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert store.query(SPILLING_QUERY, tables=[]).rows() == [(3_000_000,)]
+    finally:
+        done.set()
+        watcher.join()
+    assert any(name.endswith(".tmp") for name in spilled), spilled  # it did spill, and there
+    assert list(workdir.iterdir()) == []
+
+
+def test_the_spill_folder_defaults_to_the_system_temporary_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # what TMPDIR sets
+    store = Store(StoreSettings(url=str(tmp_path / "store")))
+    folder = store.query("SELECT current_setting('temp_directory') AS t", tables=[])["t"][0]
+    assert Path(folder).parent == tmp_path and Path(folder).name.startswith("synthllm-duckdb-")
+
+
+def test_a_memory_limit_that_is_no_amount_names_the_setting() -> None:
+    with pytest.raises(SettingsError, match="store.duckdb_memory_limit.*'lots' is not an amount of memory"):
+        load_settings(None, {"store.duckdb_memory_limit": "lots"})
+    assert load_settings(None, {"store.duckdb_memory_limit": "50%"}).store.duckdb_memory_limit == "50%"
+
+
+def test_a_dask_worker_gives_duckdb_half_its_memory_limit_unless_the_setting_says(tmp_path: Path) -> None:
+    """A Dask worker's nanny restarts it past 95 % of its memory limit; DuckDB, left to its default,
+    would have held 80 % of the machine before spilling."""
+    from distributed import Client, LocalCluster
+
+    url = str(tmp_path / "store")
+
+    def limit_in_worker(setting: str | None) -> str:
+        store = Store(StoreSettings(url=url, duckdb_memory_limit=setting))
+        return store.query("SELECT current_setting('memory_limit') AS m", tables=[])["m"][0]
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="2GiB",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        assert client.submit(limit_in_worker, None, pure=False).result() == "1.0 GiB"
+        assert client.submit(limit_in_worker, "300MB", pure=False).result() == "286.1 MiB"
+    assert limit_in_worker(None) == duckdb.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
 
 
 @pytest.mark.integration
