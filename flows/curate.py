@@ -203,10 +203,11 @@ def export_flow(
 
 
 def copy_files(source: Store, folder: str, files: list[str], destination: Store) -> list[str]:
-    """Copy ``files`` (under ``folder`` of ``source``) to the same relative paths in ``destination``."""
+    """Copy ``files`` (under ``folder`` of ``source``) to the same relative paths in ``destination``,
+    a chunk at a time (an export's files can be larger than memory)."""
     destination.check_reachable()
     copied = []
     for path in files:
         copied.append(destination.path(path.removeprefix(folder).lstrip("/")))
-        destination.write_bytes(copied[-1], source.read_bytes(path))
+        source.copy_to(path, destination, copied[-1])
     return copied

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -31,7 +32,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import cachetools
 import duckdb
@@ -298,6 +299,39 @@ class Store:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, path)
 
+    @contextmanager
+    def open_atomic(self, path: str) -> Iterator[BinaryIO]:
+        """A file to write ``path`` through piece by piece, for files too big to hold in memory (an
+        export): it appears whole when the block ends, and not at all when the block raises (local:
+        a temporary name, renamed; S3: a multipart upload, completed at the end or aborted)."""
+        with self._naming_denials(path):
+            if self.is_s3:
+                handle = self.fs.open(path, "wb")
+                try:
+                    yield handle
+                except BaseException:
+                    handle.discard()
+                    handle.closed = True  # not committed when it is collected either
+                    raise
+                handle.close()
+                return
+            parent = path.rsplit("/", 1)[0]
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+            try:
+                with open(tmp, "wb") as handle:
+                    yield handle
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+
+    def copy_to(self, path: str, destination: Store, destination_path: str, chunk_bytes: int = 16 * 2**20) -> None:
+        """Copy one file to another store, ``chunk_bytes`` at a time (written atomically there)."""
+        with self._naming_denials(path), self.fs.open(path, "rb") as source:
+            with destination.open_atomic(destination_path) as target:
+                shutil.copyfileobj(source, target, chunk_bytes)
+
     def read_bytes(self, path: str) -> bytes:
         # S3: one GET. With more than one connection per file s3fs asks the size first (a HEAD),
         # to split large files; the store's files are shards, plans and records.
@@ -472,6 +506,28 @@ class Store:
             con.close()
             raise
         return con
+
+    @contextmanager
+    def query_batches(self, sql: str, params: list | None = None, tables: Iterable[str] | None = None,
+                      batch_rows: int = 50_000) -> Iterator[pa.RecordBatchReader]:
+        """Run one query over fresh views and read its result ``batch_rows`` rows at a time, for
+        results too big to hold in memory (DuckDB sorts and joins within its memory limit, spilling
+        past it: ``duckdb_resources``)."""
+        names = list(tables) if tables is not None else schemas().names
+
+        def start() -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
+            con = self._connect(names, set())
+            try:
+                return con, con.sql(sql, params=params or None).to_arrow_reader(batch_rows)
+            except BaseException:
+                con.close()
+                raise
+
+        con, reader = self._fresh(start, names)
+        try:
+            yield reader
+        finally:
+            con.close()
 
     def query(self, sql: str, params: list | None = None, tables: Iterable[str] | None = None,
               own_database: bool = False) -> pl.DataFrame:

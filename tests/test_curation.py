@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from synthllm.curation import decontam
+from synthllm.curation import export as export_module
 from synthllm.curation.decontam import BUILTIN_DIR
 from synthllm.curation.export import check_counts, curated_dataset, curation_funnel, export_dataset, funnel_rows
 from synthllm.curation.stages import (
@@ -127,7 +130,18 @@ CLEAN = [
 @pytest.fixture
 def curated_store(store_url: str) -> tuple[Store, object]:
     """A store with two question shards and answers, as generation and answering leave it."""
-    store = Store(store_url)
+    return _fill_curated_store(Store(store_url), load_settings(store=store_url))
+
+
+@pytest.fixture
+def curated_any_store(store_settings) -> tuple[Store, object]:
+    """``curated_store`` on a local folder, then on a real S3 endpoint."""
+    settings = load_settings(overrides={"store.url": store_settings.url,
+                                        "store.s3_endpoint_url": store_settings.s3_endpoint_url})
+    return _fill_curated_store(Store(settings.store), settings)
+
+
+def _fill_curated_store(store: Store, settings) -> tuple[Store, object]:
     store.write_shard(
         "questions",
         "q-shard-a",
@@ -157,7 +171,6 @@ def curated_store(store_url: str) -> tuple[Store, object]:
             shard="q-shard-b",
         ),
     )
-    settings = load_settings(store=store_url)
     store.write_shard(
         "curation",
         "gate-q-shard-b",
@@ -280,6 +293,50 @@ def test_export_round_trips_through_datasets(curated_store, tmp_path: Path) -> N
     # a second export with only jsonl removes the stale parquet files
     export_dataset(store, settings, "demo", ["jsonl"])
     assert not (base / "plain" / "data.parquet").exists() and (base / "plain" / "data.jsonl").exists()
+
+
+def test_the_export_is_written_a_batch_at_a_time(curated_any_store, monkeypatch) -> None:
+    """The export held the whole curated set in memory, twice over for JSON lines: tens of GB at
+    the paper's 7.4M QA pairs. Now rows go from DuckDB to every file a batch at a time (here two
+    rows), as one Parquet row group or a run of JSON lines each, on a local store and on S3."""
+    store, settings = curated_any_store
+    _curate(store, settings)
+    monkeypatch.setattr(export_module, "EXPORT_BATCH_ROWS", 2)
+    result = export_dataset(store, settings, "batched", ["parquet", "jsonl"])
+    expected = _curated(store, settings)
+    assert result["rows"] == expected.height == 3 and result["per_level"] == {"1": 1, "2": 1, "3": 1}
+    for layout in ("plain", "sft"):
+        data = store.read_bytes(store.path("exports", "batched", layout, "data.parquet"))
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        assert [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)] == [2, 1]
+        frame = pl.read_parquet(io.BytesIO(data))
+        assert frame["question_id"].to_list() == expected["question_id"].to_list()
+        lines = store.read_bytes(store.path("exports", "batched", layout, "data.jsonl")).decode().splitlines()
+        assert [json.loads(line)["question_id"] for line in lines] == expected["question_id"].to_list()
+    plain = pl.read_parquet(io.BytesIO(store.read_bytes(store.path("exports", "batched", "plain", "data.parquet"))))
+    assert plain.to_dicts() == expected.to_dicts()
+    card = store.read_bytes(store.path("exports", "batched", "README.md")).decode()
+    assert "**3 QA pairs.**" in card and "| 1 | 1 |" in card
+
+
+def test_an_export_that_fails_leaves_the_last_one_whole(curated_any_store, monkeypatch) -> None:
+    """Each file was replaced in turn, so an export that failed at its JSON lines left a new
+    Parquet file beside the last export's JSON lines. Now every file appears only when all were
+    written, and a failed one leaves nothing behind (no temporary file, no open S3 upload)."""
+    store, settings = curated_any_store
+    _curate(store, settings)
+    assert export_dataset(store, settings, "kept", ["parquet", "jsonl"])["rows"] == 3
+    folder = store.path("exports", "kept")
+    before = {path: store.read_bytes(path) for path in store.fs.find(folder)}
+    store.write_shard("answers", "a1", [_later_answer("qa-1", answer="Step by step, once more: 720")])
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pl.DataFrame, "write_ndjson", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_dataset(store, settings, "kept", ["parquet", "jsonl"])
+    assert {path: store.read_bytes(path) for path in store.fs.find(folder)} == before
 
 
 def test_export_leaves_out_uncurated_questions_and_low_agreement(curated_store) -> None:

@@ -7,6 +7,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -217,6 +218,44 @@ def test_a_dask_worker_gives_duckdb_half_its_memory_limit_unless_the_setting_say
         assert client.submit(limit_in_worker, None, pure=False).result() == "1.0 GiB"
         assert client.submit(limit_in_worker, "300MB", pure=False).result() == "286.1 MiB"
     assert limit_in_worker(None) == duckdb.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+
+def test_a_file_written_piece_by_piece_appears_whole_or_not_at_all(store_settings: StoreSettings) -> None:
+    """An export is written a batch at a time (``Store.open_atomic``): readers see the last whole
+    file until the new one is complete, and a write that fails leaves nothing behind."""
+    store = Store(store_settings)
+    path = store.path("exports", "x", "data.jsonl")
+    store.write_text(path, "old\n")
+    with pytest.raises(RuntimeError, match="stopped"):
+        with store.open_atomic(path) as handle:
+            handle.write(b"new\n")
+            raise RuntimeError("stopped")
+    assert store.read_bytes(path) == b"old\n" and store.glob(store.path("exports", "x", "*")) == [path]
+    with store.open_atomic(path) as handle:
+        handle.write(b"new\n")
+        assert store.read_bytes(path) == b"old\n"  # not yet
+        handle.write(b"more\n")
+    assert store.read_bytes(path) == b"new\nmore\n"
+
+
+@pytest.mark.integration
+def test_a_large_file_on_s3_is_a_multipart_upload_completed_or_aborted(s3_endpoint: str) -> None:
+    """Past s3fs's 50 MB block the file goes up in parts: a failed write aborts the upload (S3 would
+    otherwise keep, and bill, its parts), a finished one completes it."""
+    store = Store(StoreSettings(url=f"s3://synthllm-test/{uuid.uuid4().hex}", s3_endpoint_url=s3_endpoint))
+    path, block = store.path("big.bin"), b"x" * 2**20
+    with pytest.raises(RuntimeError, match="stopped"):
+        with store.open_atomic(path) as handle:
+            for _ in range(60):
+                handle.write(block)
+            assert handle.mpu is not None  # a part is up already
+            raise RuntimeError("stopped")
+    assert not store.exists(path)
+    assert [u for u in store.fs.list_multipart_uploads("synthllm-test") if path.endswith(u["Key"])] == []
+    with store.open_atomic(path) as handle:
+        for _ in range(60):
+            handle.write(block)
+    assert store.fs.info(path)["size"] == 60 * 2**20
 
 
 @pytest.mark.integration

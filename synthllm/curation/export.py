@@ -9,13 +9,15 @@ Layout under ``<store>/exports/<name>/``::
 
 from __future__ import annotations
 
-import io
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from contextlib import ExitStack
+from typing import Any, BinaryIO
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthllm.resources import read_sql
@@ -25,6 +27,7 @@ from synthllm.store import Store
 
 EXPORT_FORMATS = ("parquet", "jsonl")
 LAYOUTS = ("plain", "sft")
+EXPORT_BATCH_ROWS = 50_000  # rows in memory at a time, and per Parquet row group
 _EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CURATION_SUMMARY = "reports/curation/summary.json"
 
@@ -127,20 +130,64 @@ def check_counts(store: Store, verdicts: Verdicts) -> list[dict[str, Any]]:
     return store.query(read_sql("curation_checks.sql"), list(verdicts), tables=["curation"]).to_dicts()
 
 
-def _write(store: Store, path: str, frame: pl.DataFrame, file_format: str) -> None:
-    if file_format == "parquet":
-        buffer = io.BytesIO()
-        pq.write_table(frame.to_arrow(), buffer, compression="zstd")
-        store.write_bytes(path, buffer.getvalue())
-    else:
-        store.write_bytes(path, frame.write_ndjson().encode("utf-8"))
+class DatasetTally:
+    """What the dataset card says of the exported rows, counted batch by batch as they are written."""
+
+    COUNTED = ("level", "model", "answer_model", "prompt_version", "answer_prompt_version")
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.columns, self.rows = list(columns), 0
+        self._counts: dict[str, Counter] = {column: Counter() for column in self.COUNTED}
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self.rows += frame.height
+        for column, counts in self._counts.items():
+            counts.update(dict(frame.group_by(column).len().iter_rows()))
+
+    def counts(self, column: str) -> list[tuple[Any, int]]:
+        """(value, rows) by value, a missing value last."""
+        return sorted(self._counts[column].items(), key=lambda kv: (kv[0] is None, kv[0] if kv[0] is not None else 0))
 
 
-def _counts(dataset: pl.DataFrame, column: str) -> list[tuple[Any, int]]:
-    if dataset.is_empty():
-        return []
-    frame = dataset.group_by(column).len().sort(column, nulls_last=True)
-    return [(value, int(n)) for value, n in frame.iter_rows()]
+class _ExportFile:
+    """One export file written a batch at a time: a Parquet row group, or JSON lines, per batch."""
+
+    def __init__(self, handle: BinaryIO, file_format: str, schema: pa.Schema) -> None:
+        self.handle, self.schema = handle, schema
+        self.parquet = pq.ParquetWriter(handle, schema, compression="zstd") if file_format == "parquet" else None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if self.parquet is not None:
+            self.parquet.write_table(frame.to_arrow().cast(self.schema))
+        else:
+            self.handle.write(frame.write_ndjson().encode("utf-8"))
+
+    def finish(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+
+
+def write_dataset(store: Store, name: str, formats: Sequence[str], batches: pa.RecordBatchReader) -> DatasetTally:
+    """Every layout in every format, from one pass over the curated rows: memory holds a batch,
+    not the dataset (the paper's 7.4M QA pairs are tens of GB of JSON lines). Each file appears
+    whole, and only when all were written (an export that fails leaves the last one in place)."""
+    plain_empty = pl.from_arrow(batches.schema.empty_table())
+    schemas = {"plain": plain_empty.to_arrow().schema, "sft": sft_records(plain_empty).to_arrow().schema}
+    tally = DatasetTally(plain_empty.columns)
+    with ExitStack() as stack:
+        files = {}
+        for layout in LAYOUTS:
+            for file_format in formats:
+                handle = stack.enter_context(store.open_atomic(store.path("exports", name, layout, f"data.{file_format}")))
+                files[layout, file_format] = _ExportFile(handle, file_format, schemas[layout])
+                stack.callback(files[layout, file_format].finish)  # before its file is kept or thrown away
+        for batch in batches:
+            plain = pl.from_arrow(batch)
+            tally.add(plain)
+            frames = {"plain": plain, "sft": sft_records(plain)}
+            for (layout, _), file in files.items():
+                file.write(frames[layout])
+    return tally
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -152,7 +199,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 def dataset_card(
     name: str,
-    dataset: pl.DataFrame,
+    dataset: DatasetTally,
     formats: Sequence[str],
     funnel: pl.DataFrame,
     checks: list[dict[str, Any]],
@@ -167,7 +214,7 @@ def dataset_card(
         if layout == "plain":
             front.append("  default: true")
     front += ["---", ""]
-    per_level = _counts(dataset, "level")
+    per_level = dataset.counts("level")
     settings = curation_run.get("settings", {})
     lines = [
         f"# {name}",
@@ -176,7 +223,7 @@ def dataset_card(
         "level 1 questions extracted from one reference document, level 2 recombining one document's",
         "concepts, level 3 combining concepts sampled from a concept graph across documents.",
         "",
-        f"**{dataset.height:,} QA pairs.** Files: " + ", ".join(f"`{l}/data.{f}`" for l in LAYOUTS for f in formats) + ".",
+        f"**{dataset.rows:,} QA pairs.** Files: " + ", ".join(f"`{l}/data.{f}`" for l in LAYOUTS for f in formats) + ".",
         "",
         "```python",
         "from datasets import load_dataset",
@@ -190,13 +237,13 @@ def dataset_card(
         "",
         "## Models and prompt versions",
         "",
-        *_table(["question model", "QA pairs"], _counts(dataset, "model")),
+        *_table(["question model", "QA pairs"], dataset.counts("model")),
         "",
-        *_table(["answer model", "QA pairs"], _counts(dataset, "answer_model")),
+        *_table(["answer model", "QA pairs"], dataset.counts("answer_model")),
         "",
-        *_table(["question prompt", "QA pairs"], _counts(dataset, "prompt_version")),
+        *_table(["question prompt", "QA pairs"], dataset.counts("prompt_version")),
         "",
-        *_table(["answer prompt", "QA pairs"], _counts(dataset, "answer_prompt_version")),
+        *_table(["answer prompt", "QA pairs"], dataset.counts("answer_prompt_version")),
         "",
         "## Filters applied",
         "",
@@ -246,30 +293,26 @@ def export_dataset(store: Store, settings: Settings, name: str, formats: Sequenc
     min_agreement = settings.answer.min_agreement
     require_decontamination = bool(settings.curation.benchmarks)
     verdicts = verdicts_in_force(settings, store)
-    dataset = curated_dataset(store, verdicts=verdicts, min_agreement=min_agreement,
-                              require_decontamination=require_decontamination)
-    layouts = {"plain": dataset, "sft": sft_records(dataset)}
-    written = []
-    for layout, frame in layouts.items():
-        for file_format in EXPORT_FORMATS:
-            path = store.path("exports", name, layout, f"data.{file_format}")
-            if file_format in formats:
-                _write(store, path, frame, file_format)
-                written.append(path)
-            elif store.exists(path):
+    with store.query_batches(read_sql("curated_dataset.sql"), [min_agreement, require_decontamination, *verdicts],
+                             tables=["questions", "answers", "curation"], batch_rows=EXPORT_BATCH_ROWS) as batches:
+        tally = write_dataset(store, name, formats, batches)
+    written = [store.path("exports", name, layout, f"data.{f}") for layout in LAYOUTS for f in formats]
+    for layout in LAYOUTS:
+        for file_format in sorted(set(EXPORT_FORMATS) - set(formats)):
+            if store.exists(path := store.path("exports", name, layout, f"data.{file_format}")):
                 store.fs.rm(path)
     curation_run = json.loads(store.read_bytes(store.path(CURATION_SUMMARY))) if store.exists(store.path(CURATION_SUMMARY)) else {}
     if not curation_run:
         curation_run = {"settings": settings.curation.model_dump(mode="json")}
     funnel = funnel_rows(store, min_agreement, require_decontamination, verdicts)
     contamination = contamination_by_benchmark(store, curation_run["settings"].get("benchmarks", []))
-    card = dataset_card(name, dataset, formats, funnel, check_counts(store, verdicts), curation_run, contamination)
+    card = dataset_card(name, tally, formats, funnel, check_counts(store, verdicts), curation_run, contamination)
     card_path = store.path("exports", name, "README.md")
     store.write_text(card_path, card)
     return {
         "name": name,
-        "rows": dataset.height,
-        "per_level": {str(level): n for level, n in _counts(dataset, "level")},
+        "rows": tally.rows,
+        "per_level": {str(level): n for level, n in tally.counts("level")},
         "funnel": curation_funnel(funnel),
         "funnel_by_level": funnel.sort("step", "reason", "level").to_dicts(),
         "contamination_by_benchmark": contamination,
