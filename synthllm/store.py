@@ -288,16 +288,14 @@ class Store:
         return True
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Write a whole file atomically (local: temp + rename; S3 PUT is atomic)."""
-        with self._naming_denials(path):
-            if self.is_s3:
+        """Write a whole file atomically (local: :meth:`open_atomic`'s temp + rename; S3: one PUT,
+        atomic by itself)."""
+        if self.is_s3:
+            with self._naming_denials(path):
                 self.fs.pipe_file(path, data)
-                return
-            parent = path.rsplit("/", 1)[0]
-            self.fs.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, path)
+            return
+        with self.open_atomic(path) as handle:
+            handle.write(data)
 
     @contextmanager
     def open_atomic(self, path: str) -> Iterator[BinaryIO]:

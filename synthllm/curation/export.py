@@ -167,6 +167,10 @@ class _ExportFile:
             self.parquet.close()
 
 
+def data_path(store: Store, name: str, layout: str, file_format: str) -> str:
+    return store.path("exports", name, layout, f"data.{file_format}")
+
+
 def write_dataset(store: Store, name: str, formats: Sequence[str], batches: pa.RecordBatchReader) -> DatasetTally:
     """Every layout in every format, from one pass over the curated rows: memory holds a batch,
     not the dataset (the paper's 7.4M QA pairs are tens of GB of JSON lines). Each file appears
@@ -178,7 +182,7 @@ def write_dataset(store: Store, name: str, formats: Sequence[str], batches: pa.R
         files = {}
         for layout in LAYOUTS:
             for file_format in formats:
-                handle = stack.enter_context(store.open_atomic(store.path("exports", name, layout, f"data.{file_format}")))
+                handle = stack.enter_context(store.open_atomic(data_path(store, name, layout, file_format)))
                 files[layout, file_format] = _ExportFile(handle, file_format, schemas[layout])
                 stack.callback(files[layout, file_format].finish)  # before its file is kept or thrown away
         for batch in batches:
@@ -296,10 +300,10 @@ def export_dataset(store: Store, settings: Settings, name: str, formats: Sequenc
     with store.query_batches(read_sql("curated_dataset.sql"), [min_agreement, require_decontamination, *verdicts],
                              tables=["questions", "answers", "curation"], batch_rows=EXPORT_BATCH_ROWS) as batches:
         tally = write_dataset(store, name, formats, batches)
-    written = [store.path("exports", name, layout, f"data.{f}") for layout in LAYOUTS for f in formats]
+    written = [data_path(store, name, layout, file_format) for layout in LAYOUTS for file_format in formats]
     for layout in LAYOUTS:
         for file_format in sorted(set(EXPORT_FORMATS) - set(formats)):
-            if store.exists(path := store.path("exports", name, layout, f"data.{file_format}")):
+            if store.exists(path := data_path(store, name, layout, file_format)):
                 store.fs.rm(path)
     curation_run = json.loads(store.read_bytes(store.path(CURATION_SUMMARY))) if store.exists(store.path(CURATION_SUMMARY)) else {}
     if not curation_run:
